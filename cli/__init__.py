@@ -1,0 +1,1 @@
+"""The ``flywheel`` console script: one front door to every job, service and record."""

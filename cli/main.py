@@ -1,0 +1,81 @@
+"""``flywheel``: subcommands map to jobs, services and registry records.
+
+Commands that act on a cluster take ``--address`` (default: ``RAY_ADDRESS``, else a private
+local Ray). Every command has ``--help``; ``COMMANDS`` is the map a test keeps in sync with
+what ``flywheel --help`` shows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from core.config import ConfigError, load_config
+
+COMMANDS = {
+    "demo": "Run the main job end to end on the embedded default (local Ray, local disk).",
+    "ingest": "Turn raw text in object storage into a tokenized dataset snapshot.",
+}
+
+app = typer.Typer(
+    help="Flywheel: a closed-loop generative-AI platform on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML recipe.", exists=True)]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a setting: section.key=value (repeatable)."),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster address; local if unset."),
+]
+
+
+@app.command(help=COMMANDS["ingest"])
+def ingest(config: ConfigOpt, set_: SetOpt = None, address: AddressOpt = None) -> None:
+    from jobs.ingest import render_report, run_ingest
+    from schemas.ingest import IngestConfig
+
+    overrides = list(set_ or [])
+    if address:
+        overrides.append(f"execution.address={address}")
+    cfg = _load(IngestConfig, config, overrides)
+    typer.echo(render_report(run_ingest(cfg)))
+
+
+@app.command(help=COMMANDS["demo"])
+def demo(
+    home: Annotated[
+        Path, typer.Option(help="Folder for the demo's object store, models and logs.")
+    ] = Path(".flywheel"),
+    size_mb: Annotated[float, typer.Option(help="Size of the generated corpus, MB.")] = 5.0,
+    tiny: Annotated[
+        bool, typer.Option(help="Use a tiny model trained from scratch instead of SmolLM2.")
+    ] = False,
+    address: AddressOpt = None,
+) -> None:
+    from cli.demo import run_demo
+
+    run_demo(home=home, size_mb=size_mb, tiny=tiny, address=address)
+
+
+def _load(model, path: Path, overrides: list[str]):
+    try:
+        return load_config(model, path, overrides)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
