@@ -65,9 +65,11 @@ class PiiSpan:
 
 
 class Recognizer(Protocol):
-    """Anything that finds PII spans in a text; ``name`` is only used in messages."""
+    """Anything that finds PII spans in a text; spans may overlap, ``PiiRedactor`` resolves them."""
 
-    name: str
+    # Read-only so frozen dataclasses (RegexRecognizer) satisfy the protocol for type checkers.
+    @property
+    def name(self) -> str: ...
 
     def find(self, text: str) -> Iterable[PiiSpan]: ...
 
@@ -104,9 +106,10 @@ class PatternRule:
             start = match.start(self.group)
             ends = [start + len(value) for value in self._valid_values(match.group(self.group))]
             found += [PiiSpan(start, end, kind) for end in ends]
-            # Not finditer: every start position gets its own candidate, so a match that loses
-            # its overlap (or fails validation) cannot hide one starting inside it, like
-            # "(555) 123-4567" inside "2001:db8::1 (555) 123-4567". Look-behinds keep this cheap.
+            # Not finditer: every start position gets its own candidate, so a match that fails
+            # validation or loses an overlap cannot hide one starting inside it: in
+            # "2001:db8::1 (555) 123-4567" the phone "1 (555) 123-4567" loses to the IPv6, and
+            # "(555) 123-4567" must still be found. The look-behinds keep the extra scans cheap.
             match = self.pattern.search(text, match.start() + 1)
         return found
 
@@ -369,7 +372,7 @@ def default_recognizers(kinds: Sequence[str] | None = None) -> list[Recognizer]:
 
 
 def _rank(span: PiiSpan) -> tuple[int, int, int]:
-    kind_rank = KIND_PRIORITY.index(span.kind) if span.kind in KIND_PRIORITY else 99
+    kind_rank = KIND_PRIORITY.index(span.kind) if span.kind in KIND_PRIORITY else len(KIND_PRIORITY)
     return kind_rank, span.start - span.end, span.start
 
 
@@ -406,7 +409,7 @@ class PiiRedactor:
         return _resolve(spans) if spans else []
 
     def redact(self, text: str) -> tuple[str, dict[str, int]]:
-        """``text`` with each span replaced by ``<KIND>``, and how many spans of each kind."""
+        """``text`` with each span replaced by ``<KIND>``, and counts of the kinds found."""
         spans = self.find(text)
         if not spans:
             return text, {}
@@ -467,8 +470,8 @@ class PresidioRecognizer:
     """presidio-analyzer over a local spaCy pipeline, for names, places and other NER entities.
 
     ``entities`` are presidio entity names ("PERSON", "LOCATION", ...; None: all it supports).
-    Results scoring below ``score_threshold`` are dropped: presidio also reports weak pattern
-    guesses (e.g. any 9 digits as a US_SSN at 0.05), which would redact ordinary numbers.
+    Results scoring below ``score_threshold`` are dropped: several presidio pattern recognizers
+    report weak guesses (scores of 0.05-0.4) that would redact ordinary numbers.
     """
 
     name = "presidio"
@@ -485,7 +488,7 @@ class PresidioRecognizer:
             # Checked here because presidio tries to download any model it cannot find.
             raise FileNotFoundError(
                 f"spaCy pipeline directory {model_path!r} not found; pass the path of a local "
-                "pipeline (e.g. en_core_web_lg installed or copied onto this machine)"
+                "pipeline (e.g. a copy of the en_core_web_lg package directory)"
             )
         config = {
             "nlp_engine_name": "spacy",

@@ -30,6 +30,19 @@ def open_snapshot(
     return loc, SnapshotManifest.model_validate(storage.read_json(manifest))
 
 
+def resolve_snapshot(
+    uri: str | Location, settings: StorageSettings | None = None
+) -> tuple[Location, SnapshotManifest]:
+    """A snapshot folder, or a dataset root meaning its newest published snapshot."""
+    loc = storage.resolve(uri, settings)
+    if storage.exists(loc.join("manifest.json")):
+        return open_snapshot(loc)
+    found = [open_snapshot(loc.join("snapshots", sid)) for sid in list_snapshots(loc)]
+    if not found:
+        raise SnapshotNotFound(f"no published snapshot at or under {loc.uri}")
+    return max(found, key=lambda pair: pair[1].created_at)
+
+
 def list_snapshots(root: str | Location, settings: StorageSettings | None = None) -> list[str]:
     """Ids of the published snapshots under a dataset root (``<root>/snapshots/<id>``)."""
     loc = storage.resolve(root, settings).join("snapshots")

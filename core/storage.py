@@ -62,9 +62,14 @@ class Location:
             return _s3_filesystem(self.s3 or S3Settings())
         return pafs.LocalFileSystem()
 
+    @functools.cached_property
+    def s3_client(self) -> Any:
+        """A boto3 client, only for what pyarrow cannot do (conditional writes)."""
+        return _boto3_client(self.s3 or S3Settings())
+
     def __getstate__(self) -> dict[str, Any]:
-        # The pyarrow client is per process; rebuild it after unpickling.
-        return {k: v for k, v in self.__dict__.items() if k != "fs"}
+        # Clients are per process; rebuild them after unpickling.
+        return {k: v for k, v in self.__dict__.items() if k not in ("fs", "s3_client")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -152,6 +157,28 @@ def _s3_filesystem(s3: S3Settings) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
+def _boto3_client(s3: S3Settings) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=s3.endpoint_url,
+        region_name=s3.region or "us-east-1",
+        aws_access_key_id=s3.access_key_id,
+        aws_secret_access_key=s3.secret_access_key,
+        aws_session_token=s3.session_token,
+        config=Config(
+            s3={"addressing_style": "path"},
+            connect_timeout=min(10.0, s3.request_timeout_s),
+            read_timeout=s3.request_timeout_s,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            retries={"max_attempts": 5, "mode": "standard"},
+        ),
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading and writing
 
@@ -193,6 +220,62 @@ def _write_local_atomic(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def create_exclusive(loc: Location, data: bytes) -> bool:
+    """Create ``loc`` with ``data`` only if nothing is there yet; False if something is.
+
+    The building block of compare-and-swap: whoever creates a key first wins. Local disk uses
+    a hard link (atomic, fails if the name exists); S3 uses a conditional PUT
+    (``If-None-Match: *``), which AWS S3 and MinIO honour. See :func:`check_exclusive_create`.
+    """
+    if loc.is_local:
+        return _create_local_exclusive(Path(loc.path), data)
+    from botocore.exceptions import ClientError
+
+    bucket, _, key = loc.path.partition("/")
+    try:
+        loc.s3_client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+    except ClientError as e:
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status in (409, 412) or e.response.get("Error", {}).get("Code") in (
+            "PreconditionFailed",
+            "ConditionalRequestConflict",
+        ):
+            return False
+        raise
+    return True
+
+
+def _create_local_exclusive(path: Path, data: bytes) -> bool:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_exclusive_create(root: Location) -> None:
+    """Fail clearly if the store ignores conditional writes (some S3 emulators do), since
+    compare-and-swap built on :func:`create_exclusive` would silently lose updates."""
+    probe = root.join("_probe", uuid.uuid4().hex)
+    try:
+        if not create_exclusive(probe, b"1") or create_exclusive(probe, b"2"):
+            raise StorageError(
+                f"{root.uri}: the object store does not honour conditional writes "
+                "(PUT with If-None-Match: *). The registry needs them to keep concurrent "
+                "updates safe: use AWS S3, MinIO or another store that supports them."
+            )
+    finally:
+        delete(probe)
 
 
 def write_json(loc: Location, obj: Any) -> None:

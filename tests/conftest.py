@@ -25,7 +25,7 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(_REPO / ".flywheel" / "torch_e
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 from schemas.storage import StorageSettings  # noqa: E402
-from tests.s3server import S3Server, start_s3_server  # noqa: E402
+from tests.s3server import S3Server, start_moto_server, start_s3_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +49,15 @@ def ray_session():
 def s3_server(tmp_path_factory) -> S3Server:
     root = tmp_path_factory.mktemp("s3root")
     server = start_s3_server(root / "data", root / "rclone.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory) -> S3Server:
+    """An S3 server that honours conditional writes (for the registry's compare-and-swap)."""
+    root = tmp_path_factory.mktemp("moto")
+    server = start_moto_server(root, root / "moto.log")
     yield server
     server.stop()
 
@@ -93,6 +102,15 @@ def store(request, tmp_path) -> Store:
     if request.param == "local":
         return Store("local", str(tmp_path / "store"), StorageSettings())
     server = request.getfixturevalue("s3_server")
+    return Store("s3", f"s3://{make_bucket(server)}/store", server.settings)
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def cas_store(request, tmp_path) -> Store:
+    """Like ``store``, with an S3 server that honours conditional writes."""
+    if request.param == "local":
+        return Store("local", str(tmp_path / "store"), StorageSettings())
+    server = request.getfixturevalue("moto_server")
     return Store("s3", f"s3://{make_bucket(server)}/store", server.settings)
 
 

@@ -75,6 +75,7 @@ def free_port() -> int:
 
 
 def start_s3_server(root: Path, log: Path) -> S3Server:
+    """rclone over ``root``: fast, objects as plain files; ignores conditional writes."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cmd = [
@@ -91,17 +92,31 @@ def start_s3_server(root: Path, log: Path) -> S3Server:
         "--config",
         "/dev/null",
     ]
+    return _wait_listening(cmd, port, root, log)
+
+
+def start_moto_server(root: Path, log: Path) -> S3Server:
+    """moto, one request at a time: honours conditional writes (If-None-Match)."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cmd = [sys.executable, "-m", "tests.motoserver", str(port)]
+    return _wait_listening(cmd, port, root, log)
+
+
+def _wait_listening(cmd: list[str], port: int, root: Path, log: Path) -> S3Server:
     with open(log, "wb") as out:  # the child keeps its own handle
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent
+        )
     server = S3Server(f"http://127.0.0.1:{port}", root, process)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"rclone serve s3 exited: {log.read_text()[-2000:]}")
+            raise RuntimeError(f"{cmd[0]} exited: {log.read_text()[-2000:]}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return server
         except OSError:
             time.sleep(0.05)
     server.stop()
-    raise RuntimeError("rclone serve s3 did not start listening within 20 s")
+    raise RuntimeError(f"{' '.join(cmd[:3])} did not start listening within 20 s")

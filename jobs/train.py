@@ -1,0 +1,223 @@
+"""Train: a dataset snapshot -> Ray Train + DeepSpeed ZeRO -> a registered model version.
+
+    python -m jobs.train --config jobs/configs/train-tiny.yaml
+    ray job submit --working-dir . -- python -m jobs.train --config jobs/configs/train-tiny.yaml
+    flywheel train --config jobs/configs/train-tiny.yaml
+
+Three modes: ``pretrain`` (a fresh model from ``model.architecture``), ``full`` fine-tuning
+and ``lora`` (a PEFT adapter, registered as its own version on its base) from a registry
+version or a Hugging Face folder. The snapshot's shards stream through Ray Data into the
+workers; checkpoints go to ``checkpoint.storage_uri`` through Ray Train, and a run started
+again with the same ``run_name`` resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from core import storage
+from core.config import config_hash, load_config
+from core.provenance import code_version, package_versions
+from core.registry import ModelRegistry, RegistryError
+from core.snapshots import resolve_snapshot, shard_locations
+from core.storage import Location
+from jobs.runtime import Progress, config_args, init_ray
+from schemas.registry import Lineage, ModelVersion, SnapshotRef
+from schemas.snapshot import SHARD_COLUMNS, SnapshotManifest
+from schemas.train import TrainConfig
+
+TOKENIZER_FILES = ("tokenizer", "special_tokens", "chat_template", "vocab", "merges")
+# Environment a worker needs that Ray does not pass on by itself.
+_WORKER_ENV = ("TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def run_train(cfg: TrainConfig, progress: Progress | None = None) -> ModelVersion:
+    """Train as ``cfg`` says, register the result and return the new version."""
+    progress = progress or Progress("train")
+    init_ray(cfg.address)
+    snap, manifest = resolve_snapshot(cfg.data.snapshot_uri, cfg.storage)
+    registry = ModelRegistry(cfg.registry.uri, cfg.storage)
+    base_ref = _base_ref(cfg, registry)
+    progress.say(
+        f"{cfg.mode} on snapshot {manifest.snapshot_id} ({manifest.counts.blocks} blocks of "
+        f"{manifest.block_size}), {cfg.scaling.num_workers} workers, "
+        f"ZeRO-{cfg.deepspeed.zero_stage}, {cfg.optim.max_steps} steps"
+    )
+    loop_config = {
+        "cfg": cfg.model_dump(mode="json"),
+        "base_ref": base_ref,
+        "block_size": manifest.block_size,
+        "special_ids": _special_ids(manifest),
+        "tokenizer_files": _tokenizer_files(cfg, registry, base_ref, snap, manifest),
+        "faults": _env("FLYWHEEL_FAULTS"),
+    }
+    with progress.stage("fit", "training with Ray Train + DeepSpeed"):
+        result = _fit(cfg, loop_config, snap, manifest)
+    with progress.stage("register", f"registering in {registry.root.uri}"):
+        version = _register(cfg, registry, result, base_ref, snap, manifest)
+    progress.say(
+        f"registered {version.ref} ({version.format}); metrics "
+        f"{ {k: v for k, v in version.metrics.items() if k != 'curve'} }"
+    )
+    return version
+
+
+def _base_ref(cfg: TrainConfig, registry: ModelRegistry) -> str | None:
+    """The exact version (``name:N``) training starts from, resolved once on the driver so
+    every worker and the lineage agree even if an alias moves meanwhile."""
+    if not cfg.model.registry_ref:
+        return None
+    return registry.get(cfg.model.registry_ref).ref
+
+
+def _special_ids(manifest: SnapshotManifest) -> dict[str, int]:
+    t = manifest.tokenizer
+    return {
+        "vocab_size": t.vocab_size,
+        "bos_token_id": t.eos_token_id,
+        "eos_token_id": t.eos_token_id,
+        "pad_token_id": t.pad_token_id,
+    }
+
+
+def _tokenizer_files(
+    cfg: TrainConfig,
+    registry: ModelRegistry,
+    base_ref: str | None,
+    snap: Location,
+    manifest: SnapshotManifest,
+) -> dict[str, bytes]:
+    """The tokenizer saved with the model: the base model's (it carries the chat template),
+    else the snapshot's."""
+    if base_ref:
+        source = registry.files_location(registry.get(base_ref))
+    elif cfg.model.uri:
+        source = storage.resolve(cfg.model.uri, cfg.storage)
+    else:
+        source = snap.join(manifest.tokenizer.path)
+    return {
+        e.relpath: storage.read_bytes(e.location)
+        for e in storage.list_files(source, "*")
+        if e.relpath.startswith(TOKENIZER_FILES)
+    }
+
+
+def _fit(cfg: TrainConfig, loop_config: dict, snap: Location, manifest: SnapshotManifest) -> Any:
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from jobs.train_worker import train_loop_per_worker
+
+    paths = [s.path for s in shard_locations(snap, manifest)]
+    dataset = ray.data.read_parquet(paths, filesystem=snap.fs, columns=list(SHARD_COLUMNS))
+    ckpt = storage.resolve(cfg.checkpoint.storage_uri, cfg.storage)
+    env = {k: v for k in _WORKER_ENV if (v := _env(k))}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker=cfg.scaling.resources_per_worker,
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.run_name,
+            storage_path=ckpt.path,
+            storage_filesystem=ckpt.fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+            worker_runtime_env={"env_vars": env} if env else None,
+        ),
+        datasets={"train": dataset},
+    )
+    return trainer.fit()
+
+
+def _env(name: str) -> str | None:
+    import os
+
+    return os.environ.get(name)
+
+
+def _register(
+    cfg: TrainConfig,
+    registry: ModelRegistry,
+    result: Any,
+    base_ref: str | None,
+    snap: Location,
+    manifest: SnapshotManifest,
+) -> ModelVersion:
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {cfg.run_name} ended without a checkpoint")
+    with tempfile.TemporaryDirectory() as tmp, result.checkpoint.as_directory() as folder:
+        metrics = json.loads((Path(folder) / "training_metrics.json").read_text())
+        model_dir = Path(tmp) / "model"
+        storage.download_dir(storage.resolve(str(Path(folder) / "model")), model_dir)
+        lineage = Lineage(
+            dataset_snapshots=[SnapshotRef(snapshot_id=manifest.snapshot_id, uri=snap.uri)],
+            parent=base_ref,
+            base_model=cfg.model.uri,
+            training_config=cfg.model_dump(mode="json"),
+            training_config_hash=config_hash(cfg),
+            code_version=code_version(),
+            packages=package_versions(),
+            job=cfg.run_name,
+        )
+        version = registry.register(
+            cfg.registry.model_name,
+            model_dir,
+            format="lora" if cfg.mode == "lora" else "hf",
+            base=_lora_base(cfg, registry, base_ref),
+            lineage=lineage,
+            metrics=metrics,
+        )
+    if cfg.registry.alias:
+        registry.set_alias(
+            version.name, cfg.registry.alias, version.version, reason=f"trained by {cfg.run_name}"
+        )
+    return version
+
+
+def _lora_base(cfg: TrainConfig, registry: ModelRegistry, base_ref: str | None) -> str | None:
+    """A LoRA adapter must name a registered base: an external folder is registered first."""
+    if cfg.mode != "lora":
+        return None
+    if base_ref:
+        return base_ref
+    loc = storage.resolve(cfg.model.uri, cfg.storage)
+    name = f"{cfg.registry.model_name}-base"
+    with tempfile.TemporaryDirectory() as tmp:
+        local = storage.download_dir(loc, Path(tmp) / "base")
+        try:
+            return registry.register(
+                name,
+                local,
+                lineage=Lineage(base_model=cfg.model.uri, code_version=code_version()),
+                description=f"imported from {cfg.model.uri}",
+            ).ref
+        except RegistryError as e:
+            raise RegistryError(f"could not register the LoRA base {cfg.model.uri}: {e}") from e
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = config_args("Train a model on a dataset snapshot and register it.", argv)
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    version = run_train(cfg)
+    print(
+        json.dumps(
+            {
+                "registered": version.ref,
+                "metrics": {k: v for k, v in version.metrics.items() if k != "curve"},
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
