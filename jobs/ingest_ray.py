@@ -7,6 +7,7 @@ ingest module that knows the shape of a Ray Data batch.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from typing import Any
 
@@ -38,6 +39,11 @@ class TokenizePackUDF:
     def __init__(
         self, cfg: IngestConfig, work: Location, snap: Location, fault_spec: str | None
     ) -> None:
+        # tokenizers sizes its thread pool to every core by default; several actors on one
+        # node would then oversubscribe it. Each actor uses the CPUs it was given (before the
+        # pool starts on the first encode).
+        cpus = max(1, round(cfg.execution.cpus_per_tokenize_actor))
+        os.environ.setdefault("RAYON_NUM_THREADS", str(cpus))
         self.worker = TokenizePack(cfg, work, snap, fault_spec)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:

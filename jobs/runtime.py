@@ -33,7 +33,8 @@ def init_ray(address: str | None = None, **kwargs: Any) -> None:
         os.environ.setdefault(key, value)
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     if address == "local":
-        kwargs.setdefault("include_dashboard", False)
+        # On loopback only: Ray Train and Serve use the state API the dashboard serves.
+        kwargs.setdefault("include_dashboard", True)
         kwargs.setdefault("dashboard_host", "127.0.0.1")
     kwargs.setdefault("log_to_driver", True)
     ray.init(address=address, **kwargs)

@@ -37,7 +37,8 @@ def ray_session():
     ray.init(
         address="local",
         num_cpus=2,
-        include_dashboard=False,
+        include_dashboard=True,  # Ray Train and Serve use the state API it serves
+        dashboard_host="127.0.0.1",
         _temp_dir=str(temp),
     )
     yield ray

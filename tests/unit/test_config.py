@@ -75,3 +75,22 @@ def test_shipped_ingest_configs_load(path: Path) -> None:
     assert first.startswith("# flywheel ingest --config jobs/configs/")
     assert "ray job submit" in path.read_text().splitlines()[1]
     load_config(IngestConfig, path, environ={"FLYWHEEL_HOME": "/tmp/fw"})
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "jobs" / "configs").glob("train-*.yaml")))
+def test_shipped_train_configs_load(path: Path) -> None:
+    from schemas.train import TrainConfig
+
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("# flywheel train --config jobs/configs/")
+    assert "ray job submit" in lines[1] and "python -m jobs.train" in lines[1]
+    cfg = load_config(TrainConfig, path, environ={"FLYWHEEL_HOME": "/tmp/fw"})
+    assert cfg.scaling.num_workers >= 1
+
+
+def test_serve_config_is_valid_for_ray_and_for_us() -> None:
+    from cli.serving import load_serve_config
+
+    raw = load_serve_config(REPO / "infra" / "serve.yaml")
+    assert raw["http_options"]["host"] == "127.0.0.1"
+    assert raw["applications"][0]["import_path"] == "serve_apps.app:build_app"

@@ -1,0 +1,175 @@
+"""Benchmark training throughput: the project's Ray Train + DeepSpeed path (1 and 2 workers)
+against a plain PyTorch loop, same model, same data, same micro-batches, in one process run.
+
+    python bench/train.py              # ~15 M-parameter Llama, 30 steps per arm
+    python bench/train.py --steps 10   # a quick look
+
+Each Ray worker gets one CPU (one intra-op thread); the plain loop runs with one thread too,
+so "per worker" compares like with like. Tokens/s is the median over steps after warmup.
+MFU = training FLOPs per token x tokens/s / the measured matmul FLOP/s of one thread.
+Prints JSON with the arms, ratios and the goal (>= 0.9x the plain loop per worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core import storage
+from core.snapshots import open_snapshot, shard_locations
+from core.training import (
+    LoopState,
+    PlainEngine,
+    batch_tensors,
+    build_model,
+    count_params,
+    flops_per_token,
+    measure_matmul_flops,
+    train_steps,
+)
+from jobs.ingest import run_ingest
+from jobs.make_corpus import generate_corpus
+from jobs.runtime import Progress, init_ray
+from jobs.train import _special_ids, run_train
+from schemas.ingest import IngestConfig
+from schemas.train import OptimConfig, TrainConfig
+
+ARCH = {
+    "model_type": "llama",
+    "hidden_size": 384,
+    "intermediate_size": 1024,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 6,
+    "num_key_value_heads": 6,
+    "max_position_embeddings": 512,
+}
+BLOCK, MICRO, WARMUP = 256, 4, 5
+
+
+def make_snapshot(work: Path) -> str:
+    generate_corpus(work / "corpus", target_bytes=3_000_000, seed=1)
+    cfg = IngestConfig.model_validate(
+        {
+            "name": "bench",
+            "input": {"uri": str(work / "corpus" / "raw")},
+            "output": {"uri": str(work / "data")},
+            "tokenizer": {"kind": "train", "vocab_size": 8192},
+            "pack": {"block_size": BLOCK},
+            "execution": {"executor": "local"},
+        }
+    )
+    m = run_ingest(cfg, Progress("ingest", stream=open("/dev/null", "w")))  # noqa: SIM115
+    return str(work / "data" / "snapshots" / m.snapshot_id)
+
+
+def plain_batches(snapshot: str):
+    snap, manifest = open_snapshot(snapshot)
+    while True:
+        for shard in shard_locations(snap, manifest):
+            t = storage.read_parquet(shard)
+            ids = np.asarray(t["input_ids"].to_pylist(), dtype=np.int64)
+            segs, pads = t["segment_lengths"].to_pylist(), t["num_pad"].to_pylist()
+            for i in range(0, len(ids) - MICRO + 1, MICRO):
+                rows = slice(i, i + MICRO)
+                batch = batch_tensors(ids[rows], segs[rows], pads[rows])
+                yield batch, MICRO * BLOCK - sum(pads[rows])
+
+
+def steady_tokens_per_s(curve: list[dict]) -> float:
+    return statistics.median(p["tokens_per_s"] for p in curve[WARMUP:])
+
+
+def plain_arm(snapshot: str, steps: int) -> dict:
+    torch.set_num_threads(1)
+    _, manifest = open_snapshot(snapshot)
+    model = build_model("pretrain", None, ARCH, _special_ids(manifest), None, seed=0)
+    engine = PlainEngine(model, OptimConfig(lr=1e-3, warmup_steps=2, max_steps=steps))
+    state = LoopState()
+
+    def record(stats) -> None:
+        state.curve[-1]["tokens_per_s"] = stats.tokens / stats.seconds
+
+    train_steps(engine, plain_batches(snapshot), state, steps, 1, on_step=record)
+    return {
+        "tokens_per_s": round(steady_tokens_per_s(state.curve), 1),
+        "workers": 1,
+        "params": count_params(model)[0],
+    }
+
+
+def ray_arm(snapshot: str, work: Path, workers: int, steps: int) -> dict:
+    cfg = TrainConfig.model_validate(
+        {
+            "run_name": f"bench-{workers}w-{time.time_ns()}",
+            "mode": "pretrain",
+            "model": {"architecture": ARCH},
+            "data": {"snapshot_uri": snapshot, "micro_batch_size": MICRO},
+            "optim": {"lr": 1e-3, "warmup_steps": 2, "max_steps": steps},
+            "deepspeed": {"zero_stage": 2},
+            "scaling": {"num_workers": workers, "resources_per_worker": {"CPU": 1}},
+            "checkpoint": {"storage_uri": str(work / "ckpt"), "every_steps": 10_000},
+            "registry": {"uri": str(work / "registry"), "model_name": f"bench{workers}"},
+            "metrics": {"log_every_steps": 10},
+        }
+    )
+    version = run_train(cfg, Progress("train", stream=open("/dev/null", "w")))  # noqa: SIM115
+    total = steady_tokens_per_s(version.metrics["curve"])
+    return {
+        "tokens_per_s": round(total, 1),
+        "workers": workers,
+        "tokens_per_s_per_worker": round(total / workers, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="flywheel-bench-train-"))
+    snapshot = make_snapshot(work)
+    torch.set_num_threads(1)
+    peak = measure_matmul_flops(torch.float32, seconds=2.0)
+    plain = plain_arm(snapshot, args.steps)
+    init_ray(None)
+    arms = {"plain_1_thread": plain}
+    for workers in (1, 2):
+        arms[f"ray_deepspeed_{workers}w"] = ray_arm(snapshot, work, workers, args.steps)
+    fpt = flops_per_token(plain["params"], ARCH["num_hidden_layers"], ARCH["hidden_size"], BLOCK)
+    for arm in arms.values():
+        per_worker = arm["tokens_per_s"] / arm["workers"]
+        arm["mfu"] = round(per_worker * fpt / peak, 4)
+    base = plain["tokens_per_s"]
+    print(
+        json.dumps(
+            {
+                "benchmark": "train",
+                "model_params": plain["params"],
+                "block_size": BLOCK,
+                "micro_batch": MICRO,
+                "steps": args.steps,
+                "peak_flops_one_thread": round(peak),
+                "arms": arms,
+                "per_worker_ratio_vs_plain": {
+                    name: round(a["tokens_per_s"] / a["workers"] / base, 3)
+                    for name, a in arms.items()
+                    if name != "plain_1_thread"
+                },
+                "goal": ">= 0.9x the plain loop per worker",
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Serving: the deployment settings and the OpenAI-compatible request bodies."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from schemas.base import StrictModel
+from schemas.storage import StorageSettings
+
+
+class Autoscaling(StrictModel):
+    """Ray Serve autoscaling of the generator."""
+
+    min_replicas: int = Field(1, ge=0, description="0 allows scaling to zero when idle.")
+    initial_replicas: int | None = Field(None, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(4, gt=0)
+    upscale_delay_s: float = Field(2.0, ge=0)
+    downscale_delay_s: float = Field(60.0, ge=0)
+
+
+class GeneratorSettings(StrictModel):
+    """The model replicas."""
+
+    engine: Literal["hf"] = Field("hf", description="hf: Hugging Face generate-style decoding.")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per replica (also its torch threads).")
+    num_gpus: float = Field(0.0, ge=0)
+    max_models_per_replica: int = Field(3, ge=1, description="Versions a replica keeps loaded.")
+    max_batch_size: int = Field(16, ge=1)
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    max_ongoing_requests: int = Field(32, ge=1)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+
+
+class GatewaySettings(StrictModel):
+    """The OpenAI-compatible front door."""
+
+    api_keys_env: str = Field(
+        "FLYWHEEL_API_KEYS", description="Environment variable with comma-separated API keys."
+    )
+    api_keys: list[str] = Field(
+        default_factory=list, description="Keys from config (prefer the environment)."
+    )
+    max_body_bytes: int = Field(1_000_000, gt=0)
+    max_prompt_tokens: int = Field(1024, gt=0)
+    max_tokens_ceiling: int = Field(256, gt=0, description="max_tokens is clamped to this.")
+    default_max_tokens: int = Field(64, gt=0)
+    request_timeout_s: float = Field(120.0, gt=0)
+    routing_ttl_s: float = Field(1.0, ge=0, description="How long aliases/weights are cached.")
+    num_cpus: float = Field(0.1, gt=0)
+    num_replicas: int = Field(1, ge=1)
+
+
+class ServeConfig(StrictModel):
+    """What ``serve_apps.app:build_app`` takes (the ``args`` of the Serve config)."""
+
+    schema_version: Literal[1] = 1
+    registry_uri: str = Field(description="Registry the versions are served from.")
+    event_log_uri: str = Field(description="Where served outputs and feedback go.")
+    default_model: str = Field(description="Model name used when a request names none known.")
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    event_wal_dir: str | None = Field(None, description="Local folder of the writer's WAL.")
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI-compatible bodies. Strict: an unknown field is an error with its name, not ignored.
+
+
+class SamplingFields(StrictModel):
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    user: str | None = Field(None, max_length=256)
+    n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
+    stream_options: dict | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> list[str] | None:
+        stops = [value] if isinstance(value, str) else value
+        if stops and (len(stops) > 4 or any(not s for s in stops)):
+            raise ValueError("stop takes up to 4 non-empty strings")
+        return stops
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str = Field(min_length=1)
+
+
+class ChatMessage(StrictModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+    name: str | None = None
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class FeedbackRequest(StrictModel):
+    response_id: str = Field(min_length=1, max_length=128)
+    rating: int = Field(ge=1, le=5, description="1 (bad) to 5 (good).")
+    correction: str | None = Field(None, max_length=20_000)
+    user: str | None = Field(None, max_length=256)
+    session_id: str | None = Field(None, max_length=256)

@@ -1,0 +1,84 @@
+"""Which model version answers a request: pure, so it is unit-tested without Serve.
+
+A request names ``name:3`` (that version), ``name@canary`` (that alias) or ``name``: then
+the traffic split (alias -> weight, from the registry) decides. A user id makes the choice
+sticky: the same user lands in the same bucket for as long as the weights stay put.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from core.registry import ModelRegistry, RegistryError, parse_ref
+
+
+@dataclass(frozen=True)
+class Route:
+    """The chosen version and why."""
+
+    version: str  # "name:3"
+    model: str  # "name"
+    route: str  # alias name, "explicit" or "latest"
+
+
+def bucket(user: str, model: str) -> float:
+    """A stable number in [0, 100) for a user and model."""
+    digest = hashlib.sha256(f"{model}\0{user}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * 100
+
+
+def pick_alias(weights: dict[str, float], point: float) -> str:
+    """The alias whose cumulative share of 100 covers ``point``."""
+    total = sum(weights.values())
+    cumulative = 0.0
+    for alias in sorted(weights):
+        cumulative += weights[alias] / total * 100
+        if point < cumulative:
+            return alias
+    return sorted(weights)[-1]
+
+
+class Router:
+    """Resolves requested models against the registry, caching aliases and weights briefly
+    so an alias move or a new split takes effect within ``ttl_s`` without a restart."""
+
+    def __init__(self, registry: ModelRegistry, ttl_s: float = 1.0) -> None:
+        self.registry = registry
+        self.ttl_s = ttl_s
+        self._cache: dict[str, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+        self._rng = random.Random()
+
+    def resolve(self, requested: str, user: str | None = None) -> Route:
+        name, version, alias = parse_ref(requested)
+        if version is not None:
+            self.registry.get(f"{name}:{version}")  # must exist
+            return Route(f"{name}:{version}", name, "explicit")
+        aliases = self._cached(("aliases", name), lambda: self.registry.aliases(name))
+        if alias is None:
+            weights = self._cached(("routing", name), lambda: self.registry.routing(name))
+            live = {a: w for a, w in weights["weights"].items() if a in aliases and w > 0}
+            if not live:
+                latest = self._cached(("latest", name), lambda: self.registry.get(name).ref)
+                return Route(latest, name, "latest")
+            point = bucket(user, name) if user else self._rng.random() * 100
+            alias = pick_alias(live, point)
+        if alias not in aliases:
+            raise RegistryError(f"{name} has no alias {alias!r}")
+        return Route(f"{name}:{aliases[alias]}", name, alias)
+
+    def _cached(self, key: tuple[str, str], load: Any) -> Any:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit and now - hit[0] < self.ttl_s:
+                return hit[1]
+        value = load()
+        with self._lock:
+            self._cache[key] = (now, value)
+        return value

@@ -1,0 +1,78 @@
+"""Tiny models built on the spot (nothing downloaded): a 2-layer Llama with a byte-level BPE
+trained here, a chat template, and a LoRA adapter whose output differs from its base."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def training_texts() -> list[str]:
+    import random
+
+    from core.demo_world import DOCUMENT_KINDS
+
+    rng = random.Random(0)
+    kinds = list(DOCUMENT_KINDS.values())
+    return [kinds[i % len(kinds)](rng) for i in range(200)]
+
+
+def make_tiny_model(folder: Path, seed: int = 0, vocab_size: int = 400) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from core.tokenization import EOS_TOKEN, PAD_TOKEN, train_bpe
+
+    bundle = train_bpe(training_texts(), vocab_size=vocab_size)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bundle.tokenizer,
+        eos_token=EOS_TOKEN,
+        bos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=bundle.tokenizer.get_vocab_size(),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=bundle.eos_token_id,
+        eos_token_id=bundle.eos_token_id,
+        pad_token_id=bundle.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def make_lora_adapter(base: Path, folder: Path, seed: int = 1) -> Path:
+    """A LoRA adapter with random (not zero) B matrices, so it changes the outputs."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    cfg = LoraConfig(
+        r=4,
+        lora_alpha=32,
+        target_modules=["q_proj", "v_proj"],
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
+    get_peft_model(model, cfg).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (base / name).exists():
+            shutil.copy(base / name, folder / name)
+    return folder
