@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.flywheel-installed
-# DeepSpeed JIT-compiles its CPU ops; a stable folder compiles them once (see below).
+# DeepSpeed JIT-compiles CPU ops it is asked for into a stable folder (compiled once).
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.flywheel/torch_extensions
 
 .PHONY: demo test lint format bench clean
@@ -15,8 +15,6 @@ $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
 	@# Packages whose declared dependencies we must not pull in (see the file's comments).
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
-	@# Build DeepSpeed's shared-memory all-reduce op now (~35 s) rather than in the first run.
-	DS_ACCELERATOR=cpu $(BIN)/python -c "from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder as B; B().load(verbose=False)"
 	@touch $(STAMP)
 
 demo: $(STAMP)

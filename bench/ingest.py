@@ -6,10 +6,10 @@
 
 Every arm runs the same step functions (read + quarantine, clean, filter, redact, MinHash,
 global dedup, tokenize with the demo model's tokenizer, pack) and writes Parquet shards.
-Prints JSON: seconds, MB/s, time to first packed block and peak memory (sum of PSS over this
-process and all its descendants: Ray's raylet, GCS and workers, or datasets' pool) per arm
-and size, the throughput ratios, and how peak memory grows from 1x to 2x the input.
-Ray's start-up is measured separately and not counted in the Ray arm.
+Each arm runs in a fresh process. Prints JSON: seconds, MB/s, time to the first packed block
+and peak memory (PSS summed over the arm's process and all its descendants: Ray's raylet,
+GCS and workers, or datasets' pool) per arm and size, the throughput ratios, and how peak
+memory grows from 1x to 2x the input. Ray's start-up is reported, not counted.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -42,24 +41,22 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 class Sampler:
-    """Samples the memory of this process tree and watches for the first packed shard, from
-    a separate process so the sampling neither takes this process's GIL nor its CPU time."""
+    """Samples the memory of a process tree and watches for the first packed shard, from a
+    separate process so sampling takes neither the measured process's GIL nor its CPU."""
 
-    def __init__(self, watch: Path, interval: float = 0.5) -> None:
-        self.watch = watch
-        self.interval = interval
+    def __init__(self, pid: int, watch: Path, interval: float = 0.5) -> None:
+        self.pid, self.watch, self.interval = pid, watch, interval
         self.peak_bytes = 0
-        self.first_block_at: float | None = None
+        self.first_block_unix: float | None = None
 
     def __enter__(self) -> Sampler:
         self.result = Path(tempfile.mkstemp(suffix=".json")[1])
-        self.start = time.perf_counter()
         self.process = subprocess.Popen(
             [
                 sys.executable,
                 __file__,
                 "--sample",
-                str(os.getpid()),
+                str(self.pid),
                 str(self.watch),
                 str(self.interval),
                 str(self.result),
@@ -73,9 +70,7 @@ class Sampler:
         data = json.loads(self.result.read_text() or "{}")
         self.result.unlink()
         self.peak_bytes = data.get("peak_bytes", 0)
-        first = data.get("first_block_unix")
-        if first is not None:
-            self.first_block_at = first - (time.time() - (time.perf_counter() - self.start))
+        self.first_block_unix = data.get("first_block_unix")
 
 
 def sample_forever(pid: int, watch: Path, interval: float, result: Path) -> None:
@@ -106,21 +101,6 @@ def tree_pss(root: psutil.Process) -> int:
     return total
 
 
-def measure(name: str, out: Path, size_bytes: int, fn: Callable[[], object]) -> dict:
-    with Sampler(out) as sampler:
-        t0 = time.perf_counter()
-        fn()
-        seconds = time.perf_counter() - t0
-    result = {
-        "seconds": round(seconds, 2),
-        "mb_per_s": round(size_bytes / 1e6 / seconds, 3),
-        "time_to_first_block_s": round(sampler.first_block_at or seconds, 2),
-        "peak_memory_mb": round(sampler.peak_bytes / 1e6, 1),
-    }
-    print(f"  {name}: {result}", file=sys.stderr, flush=True)
-    return result
-
-
 def recipe(raw: Path, out: Path, tokenizer: Path, executor: str) -> IngestConfig:
     return load_config(
         IngestConfig,
@@ -134,6 +114,64 @@ def recipe(raw: Path, out: Path, tokenizer: Path, executor: str) -> IngestConfig
     )
 
 
+def run_arm(arm: str, raw: Path, out: Path, tokenizer: Path, report_file: Path) -> None:
+    """One arm in this (fresh) process; writes its timings to ``report_file``."""
+    ray_start = 0.0
+    if arm == "ray":
+        t0 = time.perf_counter()
+        init_ray(None, num_cpus=os.cpu_count())
+        ray_start = time.perf_counter() - t0
+    cfg = recipe(raw, out, tokenizer, "local" if arm == "datasets" else arm)
+    start_unix, t0 = time.time(), time.perf_counter()
+    if arm == "datasets":
+        run_datasets_arm(cfg, out, num_proc=2)
+    else:
+        run_ingest(cfg, Progress("bench", stream=open(os.devnull, "w")))  # noqa: SIM115
+    report_file.write_text(
+        json.dumps(
+            {
+                "seconds": time.perf_counter() - t0,
+                "start_unix": start_unix,
+                "ray_start_s": ray_start,
+            }
+        )
+    )
+
+
+def measure(arm: str, raw: Path, out: Path, tokenizer: Path, size_bytes: int) -> dict:
+    report_file = Path(tempfile.mkstemp(suffix=".json")[1])
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--arm",
+            arm,
+            str(raw),
+            str(out),
+            str(tokenizer),
+            str(report_file),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    with Sampler(child.pid, out) as sampler:
+        child.wait()
+    if child.returncode:
+        raise RuntimeError(f"arm {arm} failed with exit code {child.returncode}")
+    timing = json.loads(report_file.read_text())
+    first = sampler.first_block_unix
+    result = {
+        "seconds": round(timing["seconds"], 2),
+        "mb_per_s": round(size_bytes / 1e6 / timing["seconds"], 3),
+        "time_to_first_block_s": round(first - timing["start_unix"], 2) if first else None,
+        "peak_memory_mb": round(sampler.peak_bytes / 1e6, 1),
+    }
+    if arm == "ray":
+        result["ray_start_s_not_counted"] = round(timing["ray_start_s"], 2)
+    print(f"  {arm}: {result}", file=sys.stderr, flush=True)
+    return result
+
+
 def run_size(size_mb: float, work: Path, tokenizer: Path) -> dict:
     corpus = work / f"corpus-{size_mb:g}"
     if not (corpus / "planted.json").exists():
@@ -142,18 +180,10 @@ def run_size(size_mb: float, work: Path, tokenizer: Path) -> dict:
     size_bytes = sum(p.stat().st_size for p in raw.rglob("*") if p.is_file())
     print(f"corpus {size_mb:g} MB ({size_bytes} bytes)", file=sys.stderr, flush=True)
     results = {}
-    quiet = Progress("bench", stream=open(os.devnull, "w"))  # noqa: SIM115
-    for arm in ("local", "ray"):
+    for arm in ("local", "ray", "datasets"):
         out = work / f"out-{arm}-{size_mb:g}"
         shutil.rmtree(out, ignore_errors=True)
-        cfg = recipe(raw, out, tokenizer, arm)
-        results[arm] = measure(arm, out, size_bytes, lambda cfg=cfg: run_ingest(cfg, quiet))
-    out = work / f"out-datasets-{size_mb:g}"
-    shutil.rmtree(out, ignore_errors=True)
-    cfg = recipe(raw, out, tokenizer, "local")
-    results["datasets"] = measure(
-        "datasets", out, size_bytes, lambda: run_datasets_arm(cfg, out, num_proc=2)
-    )
+        results[arm] = measure(arm, raw, out, tokenizer, size_bytes)
     return {"input_bytes": size_bytes, "arms": results}
 
 
@@ -161,21 +191,22 @@ def main() -> None:
     if sys.argv[1:2] == ["--sample"]:
         pid, watch, interval, result = sys.argv[2:6]
         sample_forever(int(pid), Path(watch), float(interval), Path(result))
+    if sys.argv[1:2] == ["--arm"]:
+        arm, raw, out, tokenizer, report_file = sys.argv[2:7]
+        run_arm(arm, Path(raw), Path(out), Path(tokenizer), Path(report_file))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=float, default=50.0)
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (a temp dir)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
     tokenizer = prepare_demo_model(work / "tokenizer", with_weights=False)
-    t0 = time.perf_counter()
-    init_ray(None, num_cpus=os.cpu_count())
-    ray_start = time.perf_counter() - t0
     sizes = {"1x": run_size(args.size_mb, work, tokenizer)}
     sizes["2x"] = run_size(2 * args.size_mb, work, tokenizer)
-    print(json.dumps(report(sizes, ray_start), indent=2))
+    print(json.dumps(report(sizes), indent=2))
 
 
-def report(sizes: dict, ray_start: float) -> dict:
+def report(sizes: dict) -> dict:
     ratios = {}
     for key, size in sizes.items():
         a = size["arms"]
@@ -193,7 +224,6 @@ def report(sizes: dict, ray_start: float) -> dict:
     return {
         "benchmark": "ingest",
         "cpus": os.cpu_count(),
-        "ray_start_s": round(ray_start, 2),
         "sizes": sizes,
         "throughput_ratios": ratios,
         "peak_memory_growth_2x_over_1x": growth,

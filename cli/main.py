@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from cli.loop import app as loop_app
 from cli.models import app as models_app
 from cli.serving import DEFAULT_SERVE_CONFIG, events_app, run_serve
 from core.config import ConfigError, load_config
@@ -30,6 +31,14 @@ COMMANDS = {
     "serve": "Serve the OpenAI-compatible gateway and generator locally (a Serve config).",
     "events": "The event log.",
     "events tail": "Show events as they arrive.",
+    "loop": "The feedback loop: consumer + controller actors.",
+    "loop run": "Start the consumer and controller actors (detached, restartable).",
+    "loop status": "Offsets, statistics per version, pending trigger, job in flight, canary.",
+    "loop pause": "Pause the loop: no new fine-tunes until resumed.",
+    "loop resume": "Resume a paused loop.",
+    "loop trigger": "Force a fine-tune on the next tick (cooldown and thresholds ignored).",
+    "loop rollback": "Roll production back to its previous version (ends a canary).",
+    "loop stop": "Stop and remove the loop's actors (state stays in storage).",
 }
 
 app = typer.Typer(
@@ -76,6 +85,7 @@ def train(config: ConfigOpt, set_: SetOpt = None, address: AddressOpt = None) ->
 
 app.add_typer(models_app, name="models", help=COMMANDS["models"])
 app.add_typer(events_app, name="events", help=COMMANDS["events"])
+app.add_typer(loop_app, name="loop", help=COMMANDS["loop"])
 
 
 @app.command(help=COMMANDS["serve"])

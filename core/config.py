@@ -41,7 +41,7 @@ def load_config(
     environ = os.environ if environ is None else environ
     data: dict[str, Any] = {}
     if path is not None:
-        data = _read_yaml(Path(path))
+        data = _read_yaml(path)
     data = expand_vars(data, environ)
     for key, value in env_overrides(model, environ).items():
         set_path(data, key, value)
@@ -51,13 +51,27 @@ def load_config(
     return validate(model, data, source=str(path) if path else "<overrides>")
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
-    data = yaml.safe_load(path.read_text()) or {}
+def _read_yaml(path: Path | str) -> dict[str, Any]:
+    text = _read_text(str(path))
+    data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of settings")
     return data
+
+
+def _read_text(path: str) -> str:
+    """A recipe from a local path or an object-storage URI (a job reading its config)."""
+    if "://" in path and not path.startswith("file://"):
+        from core import storage
+
+        try:
+            return storage.read_bytes(storage.resolve(path)).decode()
+        except storage.StorageError as e:
+            raise ConfigError(f"config file {path} not found") from e
+    local = Path(path.removeprefix("file://"))
+    if not local.is_file():
+        raise ConfigError(f"config file {path} not found")
+    return local.read_text()
 
 
 def validate(model: type[M], data: Mapping[str, Any], source: str = "<config>") -> M:

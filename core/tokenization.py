@@ -34,13 +34,14 @@ class TokenizerBundle:
     def sha256(self) -> str:
         return hashlib.sha256(self.tokenizer.to_str().encode()).hexdigest()
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Token ids without special tokens (packing adds EOS itself).
+    def encode_batch(self, texts: list[str], parse_special: bool = False) -> list[list[int]]:
+        """Token ids without added special tokens (packing adds EOS itself).
 
-        Special-token strings inside the data (a literal "<|endoftext|>") are encoded as
-        plain text: data must never forge document boundaries or chat turns.
+        By default special-token strings inside the data (a literal "<|endoftext|>") are
+        encoded as plain text: raw data must never forge document boundaries or chat turns.
+        ``parse_special`` keeps them special, for text our own chat template rendered.
         """
-        self.tokenizer.encode_special_tokens = True
+        self.tokenizer.encode_special_tokens = not parse_special
         return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
 

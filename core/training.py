@@ -134,9 +134,11 @@ def build_model(
     special_ids: dict[str, int],
     lora: LoraConfig | None,
     seed: int,
+    adapter_dir: Path | None = None,
 ) -> torch.nn.Module:
     """The model to train: a fresh one from an architecture (pretrain), a Hugging Face
-    folder (full), or that folder wrapped with a LoRA adapter (lora)."""
+    folder (full), or that folder wrapped with a LoRA adapter (lora). ``adapter_dir`` is an
+    existing adapter on ``base_dir``: LoRA keeps training it, full training merges it first."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -146,6 +148,12 @@ def build_model(
         config = AutoConfig.for_model(model_type, **arch, **special_ids)
         return AutoModelForCausalLM.from_config(config)
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        if mode == "lora":
+            return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     if mode == "lora":
         from peft import LoraConfig as PeftLoraConfig
         from peft import get_peft_model

@@ -50,7 +50,7 @@ _CONTENT_FIELDS: dict[str, Any] = {
     "clean": True,
     "pii": True,
     "dedup": True,
-    "tokenizer": {"kind", "vocab_size", "min_frequency", "train_max_docs"},
+    "tokenizer": {"kind", "vocab_size", "min_frequency", "train_max_docs", "parse_special_tokens"},
     "pack": True,
 }
 
@@ -293,6 +293,7 @@ def publish(
         shards=shards,
         token_checksum=token_checksum(shards),
         quarantine=[f"quarantine/{q}" for q in quarantine],
+        parents=list(cfg.parents),
         timings_s=dict(timings),
     )
     storage.write_text(snap.join("report.md"), render_report(manifest))

@@ -398,7 +398,8 @@ class TokenizePack:
     def _write_shard(self, name: str, texts: list[str]) -> ShardInfo:
         ids: list[list[int]] = []
         for start in range(0, len(texts), 1024):
-            ids.extend(self.bundle.encode_batch(texts[start : start + 1024]))
+            chunk = texts[start : start + 1024]
+            ids.extend(self.bundle.encode_batch(chunk, self.cfg.tokenizer.parse_special_tokens))
         b = self.bundle
         packed = pack_documents(
             ids, self.cfg.pack.block_size, b.eos_token_id, b.pad_token_id, self.cfg.pack.add_eos

@@ -40,6 +40,15 @@ def init_ray(address: str | None = None, **kwargs: Any) -> None:
     ray.init(address=address, **kwargs)
 
 
+def free_port() -> int:
+    """A free TCP port on loopback (for local Serve, test servers)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Progress:
     """Progress lines with elapsed time, for the demo and job logs (stdout, flushed)."""
 
@@ -75,4 +84,5 @@ def config_args(description: str, argv: Sequence[str] | None = None) -> argparse
         metavar="KEY=VALUE",
         help="override a setting, e.g. --set pack.block_size=256 (repeatable)",
     )
+    parser.add_argument("--result", help="also write the outcome as JSON here (path or s3://)")
     return parser.parse_args(argv)

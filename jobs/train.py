@@ -188,7 +188,9 @@ def _lora_base(cfg: TrainConfig, registry: ModelRegistry, base_ref: str | None) 
     if cfg.mode != "lora":
         return None
     if base_ref:
-        return base_ref
+        version = registry.get(base_ref)
+        # Training on from an adapter makes a sibling adapter on the same base.
+        return version.base if version.format == "lora" else version.ref
     loc = storage.resolve(cfg.model.uri, cfg.storage)
     name = f"{cfg.registry.model_name}-base"
     with tempfile.TemporaryDirectory() as tmp:
@@ -208,15 +210,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = config_args("Train a model on a dataset snapshot and register it.", argv)
     cfg = load_config(TrainConfig, args.config, args.overrides)
     version = run_train(cfg)
-    print(
-        json.dumps(
-            {
-                "registered": version.ref,
-                "metrics": {k: v for k, v in version.metrics.items() if k != "curve"},
-            },
-            indent=2,
-        )
-    )
+    result = {
+        "registered": version.ref,
+        "metrics": {k: v for k, v in version.metrics.items() if k != "curve"},
+    }
+    if args.result:
+        storage.write_json(storage.resolve(args.result, cfg.storage), result)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

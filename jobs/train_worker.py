@@ -51,9 +51,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.scaling.use_gpu else "cpu")
     import deepspeed
 
-    base_dir = _fetch_base(loop_config)
+    if not cfg.scaling.use_gpu and not cfg.deepspeed.cpu_shm_allreduce:
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # use gloo, no JIT
+
+    base_dir, adapter_dir = _fetch_base(loop_config)
     model = build_model(
-        cfg.mode, base_dir, cfg.model.architecture, loop_config["special_ids"], cfg.lora, cfg.seed
+        cfg.mode,
+        base_dir,
+        cfg.model.architecture,
+        loop_config["special_ids"],
+        cfg.lora,
+        cfg.seed,
+        adapter_dir,
     )
     bf16 = use_bf16(cfg.deepspeed.bf16, cfg.scaling.use_gpu)
     # Counted before DeepSpeed: under ZeRO-3 each rank then holds only a partition.
@@ -86,8 +95,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     _save(engine, state, meter.summary(state), final=True, rank=rank, loop_config=loop_config)
 
 
-def _fetch_base(loop_config: dict[str, Any]) -> Path | None:
-    """A local copy of the starting model on this worker's node."""
+def _fetch_base(loop_config: dict[str, Any]) -> tuple[Path | None, Path | None]:
+    """Local copies of the starting model and, if it is a LoRA version, its adapter."""
     from core.models import local_model_dir
     from core.registry import ModelRegistry
     from schemas.storage import StorageSettings
@@ -97,13 +106,21 @@ def _fetch_base(loop_config: dict[str, Any]) -> Path | None:
     if loop_config.get("base_ref"):
         registry = ModelRegistry(cfg.registry.uri, settings)
         version = registry.get(loop_config["base_ref"])
-        target = Path(tempfile.gettempdir()) / "flywheel-base" / version.content_sha256[:24]
-        if not (target / "config.json").exists():
-            registry.download(version.ref, target)
-        return target
+        if version.format == "lora":
+            return _download(registry, version.base), _download(registry, version.ref)
+        return _download(registry, version.ref), None
     if cfg.model.uri:
-        return local_model_dir(cfg.model.uri, settings)
-    return None
+        return local_model_dir(cfg.model.uri, settings), None
+    return None, None
+
+
+def _download(registry: Any, ref: str) -> Path:
+    version = registry.get(ref)
+    target = Path(tempfile.gettempdir()) / "flywheel-base" / version.content_sha256[:24]
+    if not (target / ".complete").exists():
+        registry.download(version.ref, target)
+        (target / ".complete").touch()
+    return target
 
 
 def _restore(engine: Any) -> LoopState:

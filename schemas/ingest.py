@@ -99,6 +99,12 @@ class TokenizerConfig(StrictModel):
     train_max_docs: int = Field(
         200_000, gt=0, description="Train on at most this many cleaned documents."
     )
+    parse_special_tokens: bool = Field(
+        False,
+        description="Encode special-token strings in the text as special tokens. Off for raw "
+        "data (it must not forge document boundaries); on for text our own chat template "
+        "rendered, such as curated feedback.",
+    )
 
     @model_validator(mode="after")
     def _uri_needed(self) -> TokenizerConfig:
@@ -142,3 +148,8 @@ class IngestConfig(StrictModel):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     pack: PackConfig = Field(default_factory=PackConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    parents: list[str] = Field(
+        default_factory=list,
+        description="Lineage beyond the raw files (e.g. the event ids feedback came from); "
+        "recorded in the manifest, not part of the snapshot id.",
+    )

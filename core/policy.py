@@ -1,0 +1,137 @@
+"""When the model should learn, and whether a candidate may replace production: pure.
+
+:class:`RetrainPolicy` triggers a fine-tune when there are enough new curated examples, or
+production's acceptance rate over a window of rated requests falls below a threshold, or
+drift passes a threshold; never during a cooldown, never with a fine-tune already in
+flight, never while paused. :func:`gate` judges an evaluation, :func:`judge_canary` a
+canary's live statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    min_new_examples: int = 20
+    min_acceptance: float = 0.5
+    acceptance_window: int = 50
+    max_drift: float = 0.6
+    cooldown_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class PolicyInput:
+    new_examples: int
+    acceptance: float | None  # production, over its last window of rated requests
+    rated: int  # rated requests in that window
+    drift: float | None
+    now: float
+    last_trigger: float | None
+    in_flight: bool
+    paused: bool = False
+    forced: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    trigger: bool
+    reason: str
+
+
+class RetrainPolicy:
+    """Decides whether to fine-tune now; the reason always says why (or why not)."""
+
+    def __init__(self, cfg: PolicyConfig | None = None) -> None:
+        self.cfg = cfg or PolicyConfig()
+
+    def decide(self, s: PolicyInput) -> Decision:
+        c = self.cfg
+        if s.paused:
+            return Decision(False, "paused by an operator")
+        if s.in_flight:
+            return Decision(False, "a fine-tune is already in flight")
+        if s.forced:
+            return Decision(
+                bool(s.new_examples),
+                "forced by an operator"
+                if s.new_examples
+                else "forced, but there are no curated examples to train on",
+            )
+        if s.last_trigger is not None and s.now - s.last_trigger < c.cooldown_s:
+            left = c.cooldown_s - (s.now - s.last_trigger)
+            return Decision(False, f"cooling down ({left:.0f} s left)")
+        if not s.new_examples:
+            return Decision(False, "no new curated examples")
+        if s.new_examples >= c.min_new_examples:
+            return Decision(
+                True, f"{s.new_examples} new curated examples (>= {c.min_new_examples})"
+            )
+        if (
+            s.acceptance is not None
+            and s.rated >= c.acceptance_window
+            and s.acceptance < c.min_acceptance
+        ):
+            return Decision(
+                True,
+                f"production acceptance {s.acceptance:.2f} < "
+                f"{c.min_acceptance} over {s.rated} rated requests",
+            )
+        if s.drift is not None and s.drift > c.max_drift:
+            return Decision(True, f"drift {s.drift:.2f} > {c.max_drift}")
+        return Decision(False, f"waiting: {s.new_examples}/{c.min_new_examples} examples")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    margin: float = 0.05  # candidate feedback-set loss must be lower by this fraction
+    tolerance: float = 0.05  # held-out loss may rise by at most this fraction
+
+
+def gate(report: dict[str, Any], cfg: GateConfig | None = None) -> Decision:
+    """Pass when the candidate beats production on the feedback set by the margin and does
+    not regress on the held-out set by more than the tolerance (losses: lower is better)."""
+    cfg = cfg or GateConfig()
+    cand, prod = report["candidate"], report["production"]
+    losses = [
+        cand["feedback_loss"],
+        cand["heldout_loss"],
+        prod["feedback_loss"],
+        prod["heldout_loss"],
+    ]
+    if not all(math.isfinite(x) and x > 0 for x in losses):
+        return Decision(False, f"losses are not finite and positive: {losses} (diverged?)")
+    fb_gain = 1 - cand["feedback_loss"] / prod["feedback_loss"]
+    regress = cand["heldout_loss"] / prod["heldout_loss"] - 1
+    if fb_gain < cfg.margin:
+        return Decision(
+            False, f"feedback-set loss improved {fb_gain:.1%} < margin {cfg.margin:.0%}"
+        )
+    if regress > cfg.tolerance:
+        return Decision(
+            False, f"held-out loss worse by {regress:.1%} > tolerance {cfg.tolerance:.0%}"
+        )
+    return Decision(True, f"feedback-set loss -{fb_gain:.1%}, held-out {regress:+.1%}")
+
+
+@dataclass(frozen=True)
+class CanaryConfig:
+    min_rated: int = 10  # rated canary requests before judging
+    max_acceptance_drop: float = 0.1  # canary may trail production by at most this
+
+
+def judge_canary(
+    canary: dict[str, Any], production: dict[str, Any], cfg: CanaryConfig | None = None
+) -> Decision | None:
+    """Promote, roll back, or None to keep watching (not enough rated requests yet)."""
+    cfg = cfg or CanaryConfig()
+    if canary.get("rated", 0) < cfg.min_rated:
+        return None
+    c_acc = canary["accepted"] / canary["rated"]
+    p_acc = production["accepted"] / production["rated"] if production.get("rated") else 0.0
+    if c_acc + cfg.max_acceptance_drop < p_acc:
+        return Decision(False, f"canary acceptance {c_acc:.2f} trails production {p_acc:.2f}")
+    return Decision(True, f"canary acceptance {c_acc:.2f} vs production {p_acc:.2f}")

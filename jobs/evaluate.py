@@ -1,0 +1,161 @@
+"""Evaluate a candidate version against production on the feedback set and a held-out set.
+
+    python -m jobs.evaluate --config eval.yaml --result s3://.../report.json
+    ray job submit -- python -m jobs.evaluate --config eval.yaml
+
+For each model: the mean token loss on the feedback snapshot (what users corrected), the mean
+loss on held-out blocks (what must not regress), and optionally generation accuracy on
+question/answer pairs. The gate (``core.policy.gate``) decides; the report goes to the
+candidate's evaluation reports in the registry and to ``--result``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from core import storage
+from core.config import load_config
+from core.curation import normalize
+from core.policy import GateConfig, gate
+from core.registry import ModelRegistry
+from core.snapshots import resolve_snapshot, shard_locations
+from core.training import batch_tensors
+from schemas.evaluate import EvalConfig
+from serve_apps.engine import BatchDecoder, LoadedModel, SamplingParams, load_version
+
+
+def blocks(uri: str, settings: Any, limit: int | None) -> list[tuple[np.ndarray, list, int]]:
+    """Up to ``limit`` packed blocks of a snapshot, in order."""
+    snap, manifest = resolve_snapshot(uri, settings)
+    out = []
+    for shard in shard_locations(snap, manifest):
+        t = storage.read_parquet(shard)
+        for ids, segs, pad in zip(
+            t["input_ids"].to_pylist(),
+            t["segment_lengths"].to_pylist(),
+            t["num_pad"].to_pylist(),
+            strict=True,
+        ):
+            out.append((np.asarray(ids), segs, pad))
+            if limit is not None and len(out) >= limit:
+                return out
+    return out
+
+
+@torch.inference_mode()
+def mean_loss(
+    loaded: LoadedModel, data: list[tuple[np.ndarray, list, int]], batch: int = 8
+) -> float:
+    """Mean next-token loss over real tokens, documents masked from each other."""
+    total, count = 0.0, 0
+    for i in range(0, len(data), batch):
+        rows = data[i : i + batch]
+        inputs = batch_tensors(
+            np.stack([r[0] for r in rows]), [r[1] for r in rows], [r[2] for r in rows]
+        )
+        labels = inputs.pop("labels")
+        logits = loaded.model(**inputs).logits[:, :-1].float()
+        targets = labels[:, 1:]
+        losses = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            targets.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        )
+        total += float(losses)
+        count += int((targets != -100).sum())
+    return total / max(1, count)
+
+
+def qa_accuracy(loaded: LoadedModel, items: list[dict[str, str]], max_new: int) -> dict:
+    """Greedy answers to each question; correct when the normalised answer appears."""
+    tok = loaded.tokenizer
+    prompts = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": q["question"]}], add_generation_prompt=True, tokenize=False
+        )
+        for q in items
+    ]
+    answers: list[str] = []
+    for i in range(0, len(prompts), 16):
+        chunk = prompts[i : i + 16]
+        ids = [tok(p, add_special_tokens=False).input_ids for p in chunk]
+        decoder = BatchDecoder(
+            loaded, ids, [SamplingParams(max_tokens=max_new, temperature=0)] * len(ids)
+        )
+        texts = [""] * len(ids)
+        while not decoder.done:
+            for j, out in enumerate(decoder.step()):
+                texts[j] += out.text
+        answers.extend(texts)
+    correct = [normalize(q["answer"]) in normalize(a) for q, a in zip(items, answers, strict=True)]
+    return {
+        "accuracy": sum(correct) / len(correct) if correct else None,
+        "n": len(correct),
+        "samples": [
+            {"question": q["question"], "answer": a[:200], "correct": c}
+            for q, a, c in list(zip(items, answers, correct, strict=True))[:8]
+        ],
+    }
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    registry = ModelRegistry(cfg.registry_uri, cfg.storage)
+    feedback = blocks(cfg.feedback_snapshot_uri, cfg.storage, None)
+    heldout = blocks(cfg.heldout_snapshot_uri, cfg.storage, cfg.max_heldout_blocks)
+    qa = _qa_items(cfg)
+    report: dict[str, Any] = {
+        "feedback_snapshot": cfg.feedback_snapshot_uri,
+        "heldout_snapshot": cfg.heldout_snapshot_uri,
+        "feedback_blocks": len(feedback),
+        "heldout_blocks": len(heldout),
+    }
+    for role, ref in (("candidate", cfg.candidate), ("production", cfg.production)):
+        loaded = load_version(registry, ref, torch.float32)
+        report[role] = {
+            "version": loaded.ref,
+            "feedback_loss": mean_loss(loaded, feedback),
+            "heldout_loss": mean_loss(loaded, heldout),
+        }
+        if qa:
+            report[role]["qa"] = qa_accuracy(loaded, qa, cfg.max_new_tokens)
+        del loaded
+    decision = gate(report, GateConfig(cfg.gate.margin, cfg.gate.tolerance))
+    report["gate"] = {"passed": decision.trigger, "reason": decision.reason}
+    return report
+
+
+def _qa_items(cfg: EvalConfig) -> list[dict[str, str]]:
+    if not cfg.qa_uri:
+        return []
+    raw = storage.read_bytes(storage.resolve(cfg.qa_uri, cfg.storage)).decode()
+    return [json.loads(line) for line in raw.splitlines() if line.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Evaluate a candidate against production.")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--result", help="Also write the report JSON here (path or s3://).")
+    args = parser.parse_args(argv)
+    cfg = load_config(EvalConfig, args.config, args.overrides)
+    report = evaluate(cfg)
+    registry = ModelRegistry(cfg.registry_uri, cfg.storage)
+    registry.add_eval_report(cfg.candidate, {"kind": "evaluation", **report})
+    if args.result:
+        storage.write_json(storage.resolve(args.result, cfg.storage), report)
+    print(
+        json.dumps(
+            {k: report[k] for k in ("candidate", "production", "gate")}, indent=2, default=str
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

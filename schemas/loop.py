@@ -1,0 +1,91 @@
+"""The feedback loop's recipe: where events and state live, when to retrain, how to judge."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from schemas.base import StrictModel
+from schemas.storage import StorageSettings
+
+
+class PolicySettings(StrictModel):
+    """When to fine-tune (see core.policy.RetrainPolicy)."""
+
+    min_new_examples: int = Field(20, ge=1, description="Curated examples that trigger.")
+    min_acceptance: float = Field(0.5, ge=0, le=1, description="Trigger below this acceptance.")
+    acceptance_window: int = Field(50, ge=1, description="Rated requests in the window.")
+    max_drift: float = Field(0.6, ge=0, le=1, description="Trigger above this drift score.")
+    cooldown_s: float = Field(600, ge=0, description="Seconds between triggers.")
+
+
+class GateSettings(StrictModel):
+    """What a candidate must show before it serves anyone."""
+
+    margin: float = Field(0.05, ge=0, description="Feedback-set loss must drop by this share.")
+    tolerance: float = Field(0.05, ge=0, description="Held-out loss may rise by this share.")
+
+
+class CanarySettings(StrictModel):
+    """How a passing candidate is tried on live traffic."""
+
+    weight: float = Field(20, gt=0, lt=100, description="Percent of traffic to the canary.")
+    min_rated: int = Field(10, ge=1, description="Rated canary requests before judging.")
+    max_acceptance_drop: float = Field(0.1, ge=0, le=1)
+    max_wait_s: float = Field(3600, gt=0, description="Roll back if still undecided after this.")
+
+
+class FinetuneSettings(StrictModel):
+    """The fine-tune job the controller submits."""
+
+    recipe: str = Field(description="Base train recipe (YAML path); mode/model/data are set.")
+    overrides: list[str] = Field(default_factory=list, description="--set overrides for it.")
+    block_size: int = Field(256, ge=8, description="Block size of feedback snapshots.")
+    parse_special_tokens: bool = Field(
+        True, description="Feedback prompts are rendered by our chat template: keep its tokens."
+    )
+
+
+class EvalSettings(StrictModel):
+    """The evaluation job."""
+
+    heldout_snapshot_uri: str | None = Field(
+        None, description="Held-out set (a snapshot); production's training snapshot if unset."
+    )
+    max_heldout_blocks: int = Field(64, ge=1)
+    qa_uri: str | None = Field(
+        None, description="Optional JSONL of {question, answer} scored by generation accuracy."
+    )
+    max_new_tokens: int = Field(48, ge=1)
+
+
+class JobSettings(StrictModel):
+    """How jobs reach the cluster."""
+
+    address: str | None = Field(
+        None, description="Ray dashboard/job address; RAY_ADDRESS or the local one if unset."
+    )
+    python: str = Field("python", description="Interpreter in the job's environment.")
+    working_dir: str | None = Field(None, description="Uploaded as the job's working dir.")
+    env_vars: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = Field(3600, gt=0)
+
+
+class LoopConfig(StrictModel):
+    """A whole loop recipe (``jobs/configs/loop-*.yaml``)."""
+
+    schema_version: Literal[1] = 1
+    model_name: str = Field(description="The served model whose loop this is.")
+    registry_uri: str
+    event_log_uri: str
+    loop_uri: str = Field(description="Root for the loop's own state, snapshots and job files.")
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    join_window_s: float = Field(86400, gt=0, description="How long a response awaits feedback.")
+    tick_interval_s: float = Field(2.0, gt=0)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
+    canary: CanarySettings = Field(default_factory=CanarySettings)
+    finetune: FinetuneSettings
+    evaluate: EvalSettings = Field(default_factory=EvalSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
