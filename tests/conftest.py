@@ -24,7 +24,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(_REPO / ".flywheel" / "torch_extensions"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
+from hypothesis import settings as hypothesis_settings  # noqa: E402
+
 from schemas.storage import StorageSettings  # noqa: E402
+
+# Property tests draw a fixed example set, so CI and laptops test the same inputs.
+hypothesis_settings.register_profile("flywheel", derandomize=True)
+hypothesis_settings.load_profile("flywheel")
 from tests.s3server import S3Server, start_moto_server, start_s3_server  # noqa: E402
 
 
