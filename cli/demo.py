@@ -209,7 +209,7 @@ def start_serving(home: Path, model: str) -> Served:
     args["gateway"] = {**args.get("gateway", {}), "api_keys": [key]}
     args["generator"] = {
         **args.get("generator", {}),
-        "num_cpus": 1,
+        "num_cpus": 0.5,  # half a core: the loop fine-tunes beside it
         "autoscaling": {"min_replicas": 1, "max_replicas": 1},
     }
     port = free_port()

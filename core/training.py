@@ -289,6 +289,8 @@ def train_steps(
             time.perf_counter() - t0,
             float(engine.get_lr()[0]),
         )
-        state.curve.append({"step": stats.step, "loss": stats.loss, "lr": stats.lr})
+        state.curve.append(
+            {"step": stats.step, "loss": stats.loss, "lr": stats.lr, "t": round(time.time(), 3)}
+        )
         on_step(stats)
     return state

@@ -14,7 +14,6 @@ from typing import Any
 _RAY_ENV_DEFAULTS = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DEDUP_LOGS": "1",
-    "DS_ACCELERATOR": "cpu",
     "TOKENIZERS_PARALLELISM": "true",
 }
 

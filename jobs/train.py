@@ -32,7 +32,7 @@ from schemas.train import TrainConfig
 
 TOKENIZER_FILES = ("tokenizer", "special_tokens", "chat_template", "vocab", "merges")
 # Environment a worker needs that Ray does not pass on by itself.
-_WORKER_ENV = ("TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_WORKER_ENV = ("TORCH_EXTENSIONS_DIR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 def run_train(cfg: TrainConfig, progress: Progress | None = None) -> ModelVersion:
@@ -113,8 +113,7 @@ def _fit(cfg: TrainConfig, loop_config: dict, snap: Location, manifest: Snapshot
 
     from jobs.train_worker import train_loop_per_worker
 
-    paths = [s.path for s in shard_locations(snap, manifest)]
-    dataset = ray.data.read_parquet(paths, filesystem=snap.fs, columns=list(SHARD_COLUMNS))
+    dataset = snapshot_dataset(snap, manifest)
     ckpt = storage.resolve(cfg.checkpoint.storage_uri, cfg.storage)
     env = {k: v for k in _WORKER_ENV if (v := _env(k))}
     trainer = TorchTrainer(
@@ -136,6 +135,35 @@ def _fit(cfg: TrainConfig, loop_config: dict, snap: Location, manifest: Snapshot
         datasets={"train": dataset},
     )
     return trainer.fit()
+
+
+def snapshot_dataset(snap: Location, manifest: SnapshotManifest) -> Any:
+    """The snapshot's shards as a Ray Dataset, read through the manifest, streamed.
+
+    One read task per shard at a quarter CPU: on a small node the training workers may hold
+    every whole CPU, and Ray Data's own file listing, which asks for a whole CPU, would wait
+    for ever (it did, on 2 cores with a served model beside the training run).
+    """
+    import ray.data
+
+    shards = shard_locations(snap, manifest)
+    items = [{"shard": i} for i in range(len(shards))]
+    return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
+        _read_shards,
+        batch_size=1,
+        num_cpus=0.25,
+        fn_kwargs={"shards": shards},
+        batch_format="pyarrow",
+    )
+
+
+def _read_shards(batch: Any, shards: list[Location]) -> Any:
+    import pyarrow as pa
+
+    tables = [
+        storage.read_parquet(shards[i], list(SHARD_COLUMNS)) for i in batch["shard"].to_pylist()
+    ]
+    return pa.concat_tables(tables)
 
 
 def _env(name: str) -> str | None:
