@@ -327,14 +327,36 @@ class LoopController:
         self._stop.set()
 
     def _run(self) -> None:
+        from actors.loop_metrics import loop_metrics
+
+        metrics = loop_metrics()
         while not self._stop.is_set():
             try:
                 self.tick()
+                self._export(metrics)
             except faults.InjectedFault:
                 raise
             except Exception as e:  # keep the loop alive; the phase is retried next tick
                 print(f"[controller] tick failed in {self.state['phase']}: {e!r}", flush=True)
             self._stop.wait(self.cfg.tick_interval_s)
+
+    def _export(self, metrics: dict[str, Any]) -> None:
+        """Loop state as Prometheus gauges (see actors/loop_metrics.py)."""
+        model = {"model": self.cfg.model_name}
+        for phase in ("idle", "publishing", "training", "evaluating", "canary"):
+            metrics["phase"].set(
+                float(self.state["phase"] == phase), tags={**model, "phase": phase}
+            )
+        metrics["cycle"].set(self.state["cycle"], tags=model)
+        status = _call(self.consumer.status)
+        metrics["consumer_offset"].set(status["events"], tags=model)
+        metrics["pending_examples"].set(status["candidates"] - status["published"], tags=model)
+        for version in status["versions"]:
+            stats = _call(self.consumer.version_stats, version)
+            if stats.get("rated"):
+                metrics["acceptance"].set(
+                    stats["accepted"] / stats["rated"], tags={"model_version": version}
+                )
 
     # -- helpers -------------------------------------------------------------------------------
 
