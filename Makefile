@@ -21,6 +21,9 @@ demo: $(STAMP)
 	$(BIN)/flywheel demo
 
 test: $(STAMP)
+	@# The report's browser test drives Debian's chromium (Playwright never downloads one).
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+		|| echo "warning: could not install chromium (needs root: apt-get install chromium); the browser test will fail"
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -92,6 +92,18 @@ def run_demo(home: Path, size_mb: float, tiny: bool, address: str | None) -> Non
         with progress.stage("loop", "step 6: the feedback loop learns from users"):
             run_loop_demo(progress, served, version.name)
     stop_serving(served)
+    with progress.stage("report", "last step: the operator's report (flywheel report)"):
+        path = write_demo_report(home, train_cfg.registry.uri, served.event_log, version.name)
+    progress.say(f"report written: {path} (open it in a browser)")
+
+
+def write_demo_report(home: Path, registry_uri: str, events_uri: str, model: str) -> str:
+    """The same page ``flywheel report`` writes: plots of everything the demo just did."""
+    from core.report import build_report, write_report
+
+    loop = home / "store" / "loop"
+    html = build_report(registry_uri, events_uri, str(loop) if loop.exists() else None, model)
+    return write_report(str(home / "report.html"), html)
 
 
 def ensure_corpus(home: Path, size_mb: float) -> PlantedTruth:

@@ -14,6 +14,7 @@ import typer
 
 from cli.loop import app as loop_app
 from cli.models import app as models_app
+from cli.report import report
 from cli.serving import DEFAULT_SERVE_CONFIG, events_app, run_serve
 from core.config import ConfigError, load_config
 
@@ -39,6 +40,10 @@ COMMANDS = {
     "loop trigger": "Force a fine-tune on the next tick (cooldown and thresholds ignored).",
     "loop rollback": "Roll production back to its previous version (ends a canary).",
     "loop stop": "Stop and remove the loop's actors (state stays in storage).",
+    "report": (
+        "Write a self-contained HTML report: training, evaluation, feedback, drift, "
+        "serving, lineage."
+    ),
 }
 
 app = typer.Typer(
@@ -86,6 +91,7 @@ def train(config: ConfigOpt, set_: SetOpt = None, address: AddressOpt = None) ->
 app.add_typer(models_app, name="models", help=COMMANDS["models"])
 app.add_typer(events_app, name="events", help=COMMANDS["events"])
 app.add_typer(loop_app, name="loop", help=COMMANDS["loop"])
+app.command(help=COMMANDS["report"])(report)
 
 
 @app.command(help=COMMANDS["serve"])
