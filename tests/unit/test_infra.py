@@ -478,8 +478,8 @@ def test_train_job_cluster_fits_its_recipe() -> None:
         cpus.append(float(limits["cpu"]))
     assert cfg.scaling.use_gpu and gpus >= gpus_needed
     assert min(cpus) >= cfg.scaling.resources_per_worker.get("CPU", 1)
-    # jobs.runtime defaults DS_ACCELERATOR to cpu and jobs.train forwards it to the workers.
-    assert runtime_env(job)["env_vars"]["DS_ACCELERATOR"] == "cuda"
+    # The workers pick the accelerator from scaling.use_gpu; nothing may force them to cpu.
+    assert runtime_env(job)["env_vars"].get("DS_ACCELERATOR", "cuda") == "cuda"
 
 
 def test_shared_cluster_scales_gpu_workers_from_zero() -> None:
