@@ -365,11 +365,10 @@ class LoopController:
         return f"{self.cfg.model_name}:{version}" if version else None
 
     def _production_snapshot(self) -> str | None:
-        production = self._production()
-        if not production:
-            return None
-        snaps = self.registry.get(production).lineage.dataset_snapshots
-        return snaps[0].uri if snaps else None
+        """The corpus production learned from: the first dataset snapshot on its lineage
+        chain that is not one of this loop's feedback snapshots. Drift is measured against
+        it, evaluation holds out its first blocks and fine-tunes rehearse its last ones."""
+        return corpus_snapshot(self.registry, self._production(), self.root.join("feedback").uri)
 
     def _drift(self, production: str | None) -> float | None:
         from actors.feedback import reference_profile
@@ -394,7 +393,7 @@ class LoopController:
                 "model": base.model.model_copy(
                     update={"registry_ref": cur["production"], "uri": None, "architecture": None}
                 ),
-                "data": base.data.model_copy(update={"snapshot_uri": cur["snapshot_uri"]}),
+                "data": self._finetune_data(base.data, cur["snapshot_uri"]),
                 "registry": base.registry.model_copy(
                     update={
                         "uri": self.cfg.registry_uri,
@@ -412,6 +411,21 @@ class LoopController:
             loc, TrainConfig.model_validate(train.model_dump()).model_dump(mode="json")
         )
         return loc.uri, job_id
+
+    def _finetune_data(self, data: Any, snapshot_uri: str) -> Any:
+        """The feedback snapshot, with a rehearsal sample of production's corpus mixed in
+        (the workers' shuffle buffer holds both, so every step sees some of each)."""
+        replay = self._production_snapshot() if self.cfg.finetune.replay_blocks else None
+        update: dict[str, Any] = {"snapshot_uri": snapshot_uri}
+        if replay:
+            update.update(
+                replay_snapshot_uri=replay,
+                replay_blocks=self.cfg.finetune.replay_blocks,
+                shuffle_buffer_blocks=max(
+                    data.shuffle_buffer_blocks, 4 * self.cfg.finetune.replay_blocks
+                ),
+            )
+        return data.model_copy(update=update)
 
     def _write_eval_config(self, cur: dict[str, Any]) -> tuple[str, str]:
         e = self.cfg.evaluate
@@ -473,6 +487,19 @@ class LoopController:
 def _recipe(path: str) -> str:
     local = Path(path)
     return str(local if local.is_absolute() or "://" in path else REPO / local)
+
+
+def corpus_snapshot(registry: ModelRegistry, ref: str | None, feedback_root: str) -> str | None:
+    """The first dataset snapshot on ``ref``'s lineage chain (itself, its parent, ...) that
+    is not a feedback snapshot under ``feedback_root``: what the model knows, as opposed to
+    the corrections it was last taught."""
+    while ref:
+        lineage = registry.get(ref).lineage
+        for snap in lineage.dataset_snapshots:
+            if not snap.uri.startswith(feedback_root):
+                return snap.uri
+        ref = lineage.parent
+    return None
 
 
 def _job_id(kind: str, subject: str, config_digest: str) -> str:

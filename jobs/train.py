@@ -40,6 +40,7 @@ def run_train(cfg: TrainConfig, progress: Progress | None = None) -> ModelVersio
     progress = progress or Progress("train")
     init_ray(cfg.address)
     snap, manifest = resolve_snapshot(cfg.data.snapshot_uri, cfg.storage)
+    replay = _replay_snapshot(cfg, manifest)
     registry = ModelRegistry(cfg.registry.uri, cfg.storage)
     base_ref = _base_ref(cfg, registry)
     progress.say(
@@ -47,6 +48,8 @@ def run_train(cfg: TrainConfig, progress: Progress | None = None) -> ModelVersio
         f"{manifest.block_size}), {cfg.scaling.num_workers} workers, "
         f"ZeRO-{cfg.deepspeed.zero_stage}, {cfg.optim.max_steps} steps"
     )
+    if replay:
+        progress.say(f"rehearsal: {cfg.data.replay_blocks} blocks of {replay[1].snapshot_id}")
     loop_config = {
         "cfg": cfg.model_dump(mode="json"),
         "base_ref": base_ref,
@@ -56,14 +59,35 @@ def run_train(cfg: TrainConfig, progress: Progress | None = None) -> ModelVersio
         "faults": _env("FLYWHEEL_FAULTS"),
     }
     with progress.stage("fit", "training with Ray Train + DeepSpeed"):
-        result = _fit(cfg, loop_config, snap, manifest)
+        result = _fit(cfg, loop_config, snap, manifest, replay)
     with progress.stage("register", f"registering in {registry.root.uri}"):
-        version = _register(cfg, registry, result, base_ref, snap, manifest)
+        version = _register(cfg, registry, result, base_ref, snap, manifest, replay)
     progress.say(
         f"registered {version.ref} ({version.format}); metrics "
         f"{ {k: v for k, v in version.metrics.items() if k != 'curve'} }"
     )
     return version
+
+
+Replay = tuple[Location, SnapshotManifest]
+Piece = tuple[Location, int, int | None]  # a shard's rows [start, stop); None: to its end
+
+
+def _replay_snapshot(cfg: TrainConfig, manifest: SnapshotManifest) -> Replay | None:
+    """The rehearsal snapshot, checked to share the training snapshot's tokens and blocks."""
+    if not (cfg.data.replay_snapshot_uri and cfg.data.replay_blocks):
+        return None
+    loc, replay = resolve_snapshot(cfg.data.replay_snapshot_uri, cfg.storage)
+    for what, mine, theirs in (
+        ("tokenizer", manifest.tokenizer.sha256, replay.tokenizer.sha256),
+        ("block size", manifest.block_size, replay.block_size),
+    ):
+        if mine != theirs:
+            raise ValueError(
+                f"data.replay_snapshot_uri {loc.uri}: its {what} ({theirs}) differs from the "
+                f"training snapshot's ({mine}); replayed tokens would mean something else"
+            )
+    return loc, replay
 
 
 def _base_ref(cfg: TrainConfig, registry: ModelRegistry) -> str | None:
@@ -106,14 +130,20 @@ def _tokenizer_files(
     }
 
 
-def _fit(cfg: TrainConfig, loop_config: dict, snap: Location, manifest: SnapshotManifest) -> Any:
+def _fit(
+    cfg: TrainConfig,
+    loop_config: dict,
+    snap: Location,
+    manifest: SnapshotManifest,
+    replay: Replay | None = None,
+) -> Any:
     import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from jobs.train_worker import train_loop_per_worker
 
-    dataset = snapshot_dataset(snap, manifest)
+    dataset = snapshot_dataset(snap, manifest, replay, cfg.data.replay_blocks)
     ckpt = storage.resolve(cfg.checkpoint.storage_uri, cfg.storage)
     env = {k: v for k in _WORKER_ENV if (v := _env(k))}
     trainer = TorchTrainer(
@@ -137,8 +167,15 @@ def _fit(cfg: TrainConfig, loop_config: dict, snap: Location, manifest: Snapshot
     return trainer.fit()
 
 
-def snapshot_dataset(snap: Location, manifest: SnapshotManifest) -> Any:
-    """The snapshot's shards as a Ray Dataset, read through the manifest, streamed.
+def snapshot_dataset(
+    snap: Location,
+    manifest: SnapshotManifest,
+    replay: Replay | None = None,
+    replay_blocks: int = 0,
+) -> Any:
+    """The snapshot's shards as a Ray Dataset, read through the manifest, streamed; with
+    ``replay``, followed by that snapshot's last ``replay_blocks`` blocks (workers mix them
+    with ``data.shuffle_buffer_blocks``).
 
     One read task per shard at a quarter CPU: on a small node the training workers may hold
     every whole CPU, and Ray Data's own file listing, which asks for a whole CPU, would wait
@@ -146,23 +183,43 @@ def snapshot_dataset(snap: Location, manifest: SnapshotManifest) -> Any:
     """
     import ray.data
 
-    shards = shard_locations(snap, manifest)
-    items = [{"shard": i} for i in range(len(shards))]
+    # Training reports its own progress; per-operator bars from the split actor would
+    # interleave with it in the job's log.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    pieces: list[Piece] = [(loc, 0, None) for loc in shard_locations(snap, manifest)]
+    if replay:
+        pieces += tail_pieces(*replay, replay_blocks)
+    items = [{"piece": i} for i in range(len(pieces))]
     return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
-        _read_shards,
+        _read_pieces,
         batch_size=1,
         num_cpus=0.25,
-        fn_kwargs={"shards": shards},
+        fn_kwargs={"pieces": pieces},
         batch_format="pyarrow",
     )
 
 
-def _read_shards(batch: Any, shards: list[Location]) -> Any:
+def tail_pieces(snap: Location, manifest: SnapshotManifest, blocks: int) -> list[Piece]:
+    """(shard, first row, end row) covering the snapshot's last ``blocks`` blocks."""
+    pieces: list[Piece] = []
+    shards = zip(shard_locations(snap, manifest), manifest.shards, strict=True)
+    for loc, shard in reversed(list(shards)):
+        if blocks <= 0:
+            break
+        take = min(blocks, shard.blocks)
+        pieces.append((loc, shard.blocks - take, shard.blocks))
+        blocks -= take
+    return pieces[::-1]
+
+
+def _read_pieces(batch: Any, pieces: list[Piece]) -> Any:
     import pyarrow as pa
 
-    tables = [
-        storage.read_parquet(shards[i], list(SHARD_COLUMNS)) for i in batch["shard"].to_pylist()
-    ]
+    tables = []
+    for i in batch["piece"].to_pylist():
+        loc, start, stop = pieces[i]
+        table = storage.read_parquet(loc, list(SHARD_COLUMNS))
+        tables.append(table.slice(start, None if stop is None else stop - start))
     return pa.concat_tables(tables)
 
 
@@ -179,6 +236,7 @@ def _register(
     base_ref: str | None,
     snap: Location,
     manifest: SnapshotManifest,
+    replay: Replay | None = None,
 ) -> ModelVersion:
     if result.checkpoint is None:
         raise RuntimeError(f"training run {cfg.run_name} ended without a checkpoint")
@@ -187,7 +245,10 @@ def _register(
         model_dir = Path(tmp) / "model"
         storage.download_dir(storage.resolve(str(Path(folder) / "model")), model_dir)
         lineage = Lineage(
-            dataset_snapshots=[SnapshotRef(snapshot_id=manifest.snapshot_id, uri=snap.uri)],
+            dataset_snapshots=[
+                SnapshotRef(snapshot_id=m.snapshot_id, uri=loc.uri)
+                for loc, m in [(snap, manifest), *([replay] if replay else [])]
+            ],
             parent=base_ref,
             base_model=cfg.model.uri,
             training_config=cfg.model_dump(mode="json"),

@@ -42,6 +42,15 @@ class FinetuneSettings(StrictModel):
     recipe: str = Field(description="Base train recipe (YAML path); mode/model/data are set.")
     overrides: list[str] = Field(default_factory=list, description="--set overrides for it.")
     block_size: int = Field(256, ge=8, description="Block size of feedback snapshots.")
+    replay_blocks: int = Field(
+        16,
+        ge=0,
+        description=(
+            "Rehearsal: blocks of production's training snapshot mixed into each fine-tune "
+            "(from its end; evaluation holds out its start), so learning a few corrections "
+            "does not make the model forget the rest. 0 trains on the feedback alone."
+        ),
+    )
     parse_special_tokens: bool = Field(
         True, description="Feedback prompts are rendered by our chat template: keep its tokens."
     )

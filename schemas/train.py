@@ -38,6 +38,15 @@ class DataConfig(StrictModel):
     shuffle_buffer_blocks: int = Field(
         0, ge=0, description="Local shuffle buffer per worker (0 keeps the snapshot order)."
     )
+    replay_snapshot_uri: str | None = Field(
+        None,
+        description=(
+            "Rehearsal: a snapshot whose last `replay_blocks` blocks are mixed into training, "
+            "so a fine-tune on a few examples keeps what the model knew (the loop passes "
+            "production's training snapshot; its evaluation holds out the first blocks)."
+        ),
+    )
+    replay_blocks: int = Field(0, ge=0, description="Blocks taken from replay_snapshot_uri.")
 
 
 class LoraConfig(StrictModel):

@@ -140,9 +140,18 @@ def test_lora_adapter_loads_on_its_base(ray_session, snapshot, tmp_path) -> None
         model={"registry_ref": base.ref},
         lora={"r": 4, "alpha": 8, "dropout": 0.0},
         optim={"lr": 1e-2, "warmup_steps": 0, "max_steps": 6},
+        # Rehearsal as the loop does it (here the snapshot replays itself: the mechanism).
+        data={
+            "snapshot_uri": snapshot,
+            "micro_batch_size": 4,
+            "replay_snapshot_uri": snapshot,
+            "replay_blocks": 8,
+            "shuffle_buffer_blocks": 32,
+        },
     )
     adapter = run_train(cfg)
     assert (adapter.format, adapter.base) == ("lora", base.ref)
+    assert [s.uri for s in adapter.lineage.dataset_snapshots] == [snapshot, snapshot]
     assert adapter.metrics["trainable_params"] < adapter.metrics["params"] / 5
     reg = ModelRegistry(cfg.registry.uri)
     base_dir = reg.download(base.ref, tmp_path / "b")
