@@ -25,13 +25,18 @@ CONFIGS = Path(__file__).resolve().parent.parent / "jobs" / "configs"
 
 
 async def ask(
-    client: Any, model: str, items: list[tuple[world.Fact, str]], user: str, concurrency: int = 8
+    served: Any, model: str, items: list[tuple[world.Fact, str]], user: str, concurrency: int = 8
 ) -> list[tuple[world.Fact, str, str, str]]:
     """Ask each (fact, question) as its own user (so the traffic split applies); returns
-    (fact, question, answer, response id, version) tuples."""
+    (fact, question, answer, response id, version) tuples.
+
+    A client per call: its connections belong to the event loop of one ``asyncio.run``.
+    """
+    import openai
+
     sem = asyncio.Semaphore(concurrency)
 
-    async def one(i: int, fact: world.Fact, question: str) -> tuple:
+    async def one(client: Any, i: int, fact: world.Fact, question: str) -> tuple:
         async with sem:
             r = await client.chat.completions.create(
                 model=model,
@@ -42,7 +47,10 @@ async def ask(
             )
             return fact, question, r.choices[0].message.content or "", r.id, r.system_fingerprint
 
-    return await asyncio.gather(*(one(i, f, q) for i, (f, q) in enumerate(items)))
+    async with openai.AsyncOpenAI(
+        base_url=f"{served.url}/v1", api_key=served.api_key, max_retries=3, timeout=300
+    ) as client:
+        return await asyncio.gather(*(one(client, i, f, q) for i, (f, q) in enumerate(items)))
 
 
 async def rate(http: Any, url: str, key: str, answers: list[tuple], user: str) -> int:
@@ -65,7 +73,6 @@ async def rate(http: Any, url: str, key: str, answers: list[tuple], user: str) -
 def run_loop_demo(progress: Progress, served: Any, model: str, taught: int = 24) -> None:
     """Users teach ``model``; wait for the loop to promote; compare parent and child."""
     import httpx
-    import openai
     import ray
 
     from actors.loop import start_loop, stop_loop
@@ -74,14 +81,11 @@ def run_loop_demo(progress: Progress, served: Any, model: str, taught: int = 24)
     registry = ModelRegistry(cfg.registry_uri, cfg.storage)
     parent = registry.get(f"{model}@production").ref
     facts = list(world.FACTS[:taught])
-    client = openai.AsyncOpenAI(
-        base_url=f"{served.url}/v1", api_key=served.api_key, max_retries=3, timeout=300
-    )
     _, controller = start_loop(cfg)
     progress.say(f"feedback loop running for {model} (production {parent}); users start asking")
 
     async def teach_round(questions: list[tuple[world.Fact, str]], user: str) -> int:
-        answers = await ask(client, model, questions, user)
+        answers = await ask(served, model, questions, user)
         async with httpx.AsyncClient(timeout=60) as http:
             return await rate(http, served.url, served.api_key, answers, user)
 
@@ -140,7 +144,6 @@ def _report(
     outcome: dict | None,
     facts: list[world.Fact],
 ) -> None:
-    import openai
 
     if outcome is None:
         progress.say("the loop did not finish a cycle in time")
@@ -150,13 +153,10 @@ def _report(
         f"{outcome['outcome_reason']}"
     )
     child = outcome.get("candidate")
-    client = openai.AsyncOpenAI(
-        base_url=f"{served.url}/v1", api_key=served.api_key, max_retries=3, timeout=300
-    )
     heldout = [(f, q) for f in facts for q in f.heldout_questions]
     print(f"\nHeld-out questions about the corrected facts ({len(heldout)}):", flush=True)
     for ref in filter(None, [parent, child]):
-        answers = asyncio.run(ask(client, ref, heldout, "eval"))
+        answers = asyncio.run(ask(served, ref, heldout, "eval"))
         right = sum(world.is_correct(f, a) for f, _, a, _, _ in answers)
         print(
             f"  {ref:<12} accuracy {right}/{len(heldout)} = {right / len(heldout):.0%}", flush=True
