@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cli.demo_loop import run_loop_demo
 from core.config import load_config
@@ -87,7 +88,9 @@ def run_demo(home: Path, size_mb: float, tiny: bool, address: str | None) -> Non
     training_summary(progress, registry, version)
     with progress.stage("serve", "step 5: serve it behind the OpenAI-compatible gateway"):
         served = start_serving(home, version.name)
-    ask_questions(progress, served, version.name)
+    production = registry.aliases(version.name).get("production") == version.version
+    target = f"{version.name}@production" if production else version.ref
+    ask_questions(progress, served, target, chat=not tiny)
     if not tiny:
         with progress.stage("loop", "step 6: the feedback loop learns from users"):
             run_loop_demo(progress, served, version.name)
@@ -230,26 +233,23 @@ def start_serving(home: Path, model: str) -> Served:
     return Served(f"http://127.0.0.1:{port}", key, str(home / "store" / "events"))
 
 
-def ask_questions(progress: Progress, served: Served, model: str, n: int = 6) -> list[str]:
-    """Ask held-out questions about the product; print answers, latencies, correctness."""
+def ask_questions(
+    progress: Progress, served: Served, model: str, n: int = 6, chat: bool = True
+) -> list[str]:
+    """Ask ``model`` (``name@alias`` or ``name:version``) held-out questions about the product;
+    print answers, latencies, correctness. ``chat=False`` (the tiny model: no chat template)
+    sends them as plain completions."""
     import openai
 
     from core import demo_world as world
 
     client = openai.OpenAI(base_url=f"{served.url}/v1", api_key=served.api_key, max_retries=2)
     ids = []
-    print(f"\nAsking {model}@production about the product:", flush=True)
+    print(f"\nAsking {model} about the product:", flush=True)
     for fact in world.FACTS[:: max(1, len(world.FACTS) // n)][:n]:
         question = fact.heldout_questions[0]
         t0 = time.perf_counter()
-        reply = client.chat.completions.create(
-            model=f"{model}@production",
-            messages=[{"role": "user", "content": question}],
-            max_tokens=48,
-            temperature=0,
-            user="demo-user",
-        )
-        answer = (reply.choices[0].message.content or "").strip().replace("\n", " ")
+        answer, reply = _ask(client, model, question, chat)
         ok = "correct" if world.is_correct(fact, answer) else "wrong"
         print(
             f"  Q: {question}\n  A: {answer[:160]}\n     "
@@ -261,6 +261,18 @@ def ask_questions(progress: Progress, served: Served, model: str, n: int = 6) ->
     logged = wait_for_events(served.event_log, ids)
     progress.say(f"{logged}/{len(ids)} answers logged as ServedOutput events in {served.event_log}")
     return ids
+
+
+def _ask(client: Any, model: str, question: str, chat: bool) -> tuple[str, Any]:
+    common = {"model": model, "max_tokens": 48, "temperature": 0, "user": "demo-user"}
+    if chat:
+        messages = [{"role": "user", "content": question}]
+        reply = client.chat.completions.create(messages=messages, **common)
+        text = reply.choices[0].message.content or ""
+    else:
+        reply = client.completions.create(prompt=f"Q: {question}\nA:", **common)
+        text = reply.choices[0].text
+    return text.strip().replace("\n", " "), reply
 
 
 def wait_for_events(log_uri: str, response_ids: list[str], timeout_s: float = 20.0) -> int:

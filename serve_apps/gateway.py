@@ -196,6 +196,12 @@ class Gateway:
             raise ApiError(404, f"model {body.model!r}: {e}", "not_found_error") from None
         tokenizer = await self._tokenizer(route.version)
         if chat:
+            if not getattr(tokenizer, "chat_template", None):
+                raise ApiError(
+                    400,
+                    f"model {route.version} has no chat template (a model trained from scratch "
+                    "on a trained tokenizer); use /v1/completions with a plain prompt",
+                )
             messages = [m.model_dump(exclude_none=True) for m in content]
             text = tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=True

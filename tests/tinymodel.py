@@ -24,7 +24,9 @@ def training_texts() -> list[str]:
     return [kinds[i % len(kinds)](rng) for i in range(200)]
 
 
-def make_tiny_model(folder: Path, seed: int = 0, vocab_size: int = 400) -> Path:
+def make_tiny_model(
+    folder: Path, seed: int = 0, vocab_size: int = 400, chat_template: bool = True
+) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from core.tokenization import EOS_TOKEN, PAD_TOKEN, train_bpe
@@ -36,7 +38,8 @@ def make_tiny_model(folder: Path, seed: int = 0, vocab_size: int = 400) -> Path:
         bos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
     )
-    tok.chat_template = CHAT_TEMPLATE
+    if chat_template:
+        tok.chat_template = CHAT_TEMPLATE
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=bundle.tokenizer.get_vocab_size(),
