@@ -13,6 +13,7 @@ A plain class: ``ray.remote(...)`` is applied where it is started (:func:`start_
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 import threading
 import time
@@ -93,6 +94,7 @@ class EventWriter:
         with self._lock:
             buffered = len(self._buffer)
         return {
+            "pid": os.getpid(),  # changes when Ray restarts the actor
             "buffered": buffered,
             "segments_written": self.segments_written,
             "events_written": self.events_written,
