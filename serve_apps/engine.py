@@ -10,7 +10,10 @@ row, which is what makes streaming and batching work together.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,12 +49,27 @@ def cache_dir() -> Path:
 
 
 def fetch(registry: ModelRegistry, ref: str) -> Path:
-    """A local copy of a version's files (downloaded once per content hash)."""
+    """A local copy of a version's files (downloaded once per content hash).
+
+    The gateway and every generator replica on a node share the cache, and may fetch the
+    same version at once: each downloads into a folder of its own and renames it into
+    place, so nobody reads a file another process is still writing.
+    """
     version = registry.get(ref)
     target = cache_dir() / hashlib.sha256(version.content_sha256.encode()).hexdigest()[:24]
-    if not (target / ".complete").exists():
-        registry.download(version.ref, target)
-        (target / ".complete").touch()
+    if (target / ".complete").exists():
+        return target
+    if target.exists():  # left by a crash of the old in-place download: never complete
+        shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        registry.download(version.ref, tmp)
+        (tmp / ".complete").touch()
+        with contextlib.suppress(OSError):  # another process published it first
+            os.rename(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

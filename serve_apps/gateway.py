@@ -96,6 +96,7 @@ class Gateway:
             self.cfg.event_log_uri, self.cfg.storage, wal_dir=self.cfg.event_wal_dir
         )
         self.tokenizers: dict[str, Any] = {}
+        self._tokenizer_lock = asyncio.Lock()
         self.metrics = _gateway_metrics()
         self._pending: set[asyncio.Task] = set()
 
@@ -225,13 +226,16 @@ class Gateway:
         return Prepared(route, text, payload, len(ids))
 
     async def _tokenizer(self, ref: str) -> Any:
-        if ref not in self.tokenizers:
-            from transformers import AutoTokenizer
+        async with self._tokenizer_lock:  # concurrent first requests load it once
+            if ref not in self.tokenizers:
+                from transformers import AutoTokenizer
 
-            from serve_apps.engine import fetch
+                from serve_apps.engine import fetch
 
-            folder = await asyncio.to_thread(fetch, self.registry, ref)
-            self.tokenizers[ref] = await asyncio.to_thread(AutoTokenizer.from_pretrained, folder)
+                folder = await asyncio.to_thread(fetch, self.registry, ref)
+                self.tokenizers[ref] = await asyncio.to_thread(
+                    AutoTokenizer.from_pretrained, folder
+                )
         return self.tokenizers[ref]
 
     # -- generating and encoding ---------------------------------------------------------------

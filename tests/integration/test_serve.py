@@ -69,7 +69,10 @@ def server(ray_session, world):
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(serve_args(world, "main")), name="main", route_prefix="/")
+    # main keeps one replica: a second one, kept 60 s after a burst, would leave the chaos
+    # app (2 replicas at 0.5 CPU) without the CPUs its scale-up test needs on 2 cores.
+    main = serve_args(world, "main", autoscaling={"min_replicas": 1, "max_replicas": 1})
+    serve.run(build_app(main), name="main", route_prefix="/")
     chaos = serve_args(
         world,
         "chaos",
