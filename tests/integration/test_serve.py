@@ -282,11 +282,13 @@ def _replicas(app: str) -> list:
     import ray
     from ray.util.state import list_actors
 
-    return [
-        ray.get_actor(a.name, namespace="serve")
-        for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-        if a.name and a.name.startswith(f"SERVE_REPLICA::{app}#Generator")
-    ]
+    handles = []
+    for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+        if a.name and a.name.startswith(f"SERVE_REPLICA::{app}#Generator"):
+            # A replica listed alive may be gone by the time it is looked up (scaling down).
+            with contextlib.suppress(ValueError):
+                handles.append(ray.get_actor(a.name, namespace="serve"))
+    return handles
 
 
 def test_replica_killed_under_load_loses_no_acknowledged_event(server) -> None:
