@@ -177,9 +177,10 @@ def snapshot_dataset(
     ``replay``, followed by that snapshot's last ``replay_blocks`` blocks (workers mix them
     with ``data.shuffle_buffer_blocks``).
 
-    One read task per shard at a quarter CPU: on a small node the training workers may hold
-    every whole CPU, and Ray Data's own file listing, which asks for a whole CPU, would wait
-    for ever (it did, on 2 cores with a served model beside the training run).
+    One read task per shard, asking for no CPU: the training workers may hold every CPU of
+    the cluster (2 workers x 1 CPU on 2 cores), and a read that waits for a CPU would then
+    wait for ever, as Ray Data's own file listing (a whole CPU) and quarter-CPU reads did.
+    The reads are short Parquet loads, paced by the workers consuming them.
     """
     import ray.data
 
@@ -193,7 +194,7 @@ def snapshot_dataset(
     return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
         _read_pieces,
         batch_size=1,
-        num_cpus=0.25,
+        num_cpus=0,
         fn_kwargs={"pieces": pieces},
         batch_format="pyarrow",
     )
