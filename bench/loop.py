@@ -1,0 +1,224 @@
+"""Benchmark the feedback loop: when each stage happened after the last event, and the loop's
+overhead against running the same fine-tune and evaluation directly, in one process run.
+
+    python bench/loop.py
+
+A tiny model (2 layers) is production; simulated users send corrections straight to the
+event log until the policy triggers. Stages, in seconds after the last event: trigger, job
+submitted, first training step, checkpoint, registered, evaluated, serving (canary alias and
+traffic split moved). Then the same train and eval configs the controller wrote are run
+directly (``python -m jobs.train`` / ``jobs.evaluate`` on the same Ray cluster). Prints JSON
+with the timeline and the ratio of loop time (trigger to evaluated) to direct time.
+Goal: at most 1.2x, or at most 10 s added.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from actors.loop import start_loop, stop_loop
+from core import storage
+from core.demo_world import FACTS
+from core.events import EventLog
+from core.registry import ModelRegistry
+from jobs.ingest import run_ingest
+from jobs.make_corpus import generate_corpus
+from jobs.runtime import Progress, init_ray
+from schemas.events import Feedback, ServedOutput
+from schemas.ingest import IngestConfig
+from schemas.loop import LoopConfig
+from tests.tinymodel import make_tiny_model
+
+QUIET = Progress("bench", stream=open(os.devnull, "w"))  # noqa: SIM115
+
+
+def setup(root: Path) -> tuple[ModelRegistry, str, Path, Path]:
+    base = make_tiny_model(root / "base")
+    registry = ModelRegistry(str(root / "registry"), actor="bench")
+    registry.register("tiny", base)
+    registry.set_alias("tiny", "production", 1)
+    generate_corpus(root / "corpus", target_bytes=150_000, seed=9)
+    heldout = run_ingest(
+        IngestConfig.model_validate(
+            {
+                "name": "heldout",
+                "input": {"uri": str(root / "corpus" / "raw")},
+                "output": {"uri": str(root / "heldout")},
+                "tokenizer": {"kind": "pretrained", "uri": str(base)},
+                "pack": {"block_size": 64},
+                "execution": {"executor": "local"},
+            }
+        ),
+        QUIET,
+    )
+    recipe = root / "finetune.json"
+    recipe.write_text(
+        json.dumps(
+            {
+                "run_name": "set-by-the-controller",
+                "mode": "lora",
+                "model": {"uri": "set-by-the-controller"},
+                "data": {"snapshot_uri": "set-by-the-controller", "micro_batch_size": 2},
+                "lora": {
+                    "r": 16,
+                    "alpha": 32,
+                    "dropout": 0.0,
+                    "target_modules": ["q_proj", "v_proj", "gate_proj", "down_proj"],
+                },
+                "optim": {"lr": 5e-2, "warmup_steps": 0, "max_steps": 30, "schedule": "constant"},
+                "deepspeed": {"zero_stage": 0},
+                "scaling": {"num_workers": 1, "resources_per_worker": {"CPU": 0.5}},
+                "checkpoint": {"storage_uri": str(root / "ckpt"), "every_steps": 10},
+                "registry": {"uri": "set-by-the-controller", "model_name": "tiny"},
+                "metrics": {"log_every_steps": 10, "peak_flops_per_worker": 1e10},
+            }
+        )
+    )
+    return registry, str(root / "heldout" / "snapshots" / heldout.snapshot_id), base, recipe
+
+
+def send_corrections(log: EventLog, tokenizer: object, n: int) -> float:
+    batch = []
+    for i, fact in enumerate(FACTS[:n]):
+        prompt = tokenizer.apply_chat_template(  # type: ignore[attr-defined]
+            [{"role": "user", "content": fact.questions[0]}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        rid = f"b-{i}"
+        batch.append(
+            ServedOutput(
+                response_id=rid,
+                model="tiny",
+                model_version="tiny:1",
+                endpoint="chat.completions",
+                prompt=prompt,
+                completion="?",
+                prompt_tokens=1,
+                completion_tokens=1,
+                finish_reason="stop",
+                latency_ms=1.0,
+                user=f"u{i}",
+            )
+        )
+        batch.append(
+            Feedback(
+                response_id=rid,
+                rating=1,
+                user=f"u{i}",
+                correction="Please check the Verdantia Grow app settings page.",
+            )
+        )
+    log.append_segment(batch)
+    return time.time()
+
+
+def _unix(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def timeline(registry: ModelRegistry, history: dict, last_event: float, ckpt: Path) -> dict:
+    job = history["train_job"]
+    submits = [e for e in registry.audit.entries() if e.action == "job.submit" and e.subject == job]
+    candidate = registry.get(history["candidate"])
+    curve = candidate.metrics.get("curve", [])
+    checkpoints = sorted(p.stat().st_mtime for p in (ckpt / job).glob("checkpoint_*"))
+    stamps = {
+        "trigger": history["triggered_at"],
+        "job_submitted": _unix(submits[0].at),
+        "first_step": curve[0]["t"] if curve else None,
+        "checkpoint": checkpoints[0] if checkpoints else None,
+        "registered": _unix(candidate.created_at),
+        "evaluated": history["evaluated_at"],
+        "serving": history.get("canary_started_at"),
+    }
+    return {k: round(v - last_event, 2) if v else None for k, v in stamps.items()}
+
+
+def run_direct(args: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(
+        [sys.executable, *args],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    import ray
+    from transformers import AutoTokenizer
+
+    root = Path(tempfile.mkdtemp(prefix="flywheel-bench-loop-"))
+    registry, heldout, base, recipe = setup(root)
+    init_ray(None)
+    dashboard = f"http://{ray._private.worker.get_dashboard_url()}"
+    cfg = LoopConfig.model_validate(
+        {
+            "model_name": "tiny",
+            "registry_uri": str(root / "registry"),
+            "event_log_uri": str(root / "events"),
+            "loop_uri": str(root / "loop"),
+            "tick_interval_s": 0.5,
+            "policy": {"min_new_examples": 10, "cooldown_s": 0},
+            "gate": {"margin": 0.0, "tolerance": 1.0},
+            "canary": {"weight": 50, "min_rated": 1000},
+            "finetune": {"recipe": str(recipe), "block_size": 64},
+            "evaluate": {"heldout_snapshot_uri": heldout, "max_heldout_blocks": 16},
+            "jobs": {"python": sys.executable, "address": dashboard},
+        }
+    )
+    _, controller = start_loop(cfg)
+    last_event = send_corrections(
+        EventLog(cfg.event_log_uri), AutoTokenizer.from_pretrained(base), 12
+    )
+    deadline = time.time() + 900
+    while True:
+        state = ray.get(controller.status.remote())
+        cur = state["current"] or (state["history"][-1] if state["history"] else {})
+        if cur.get("canary_started_at") or cur.get("outcome"):
+            break
+        if time.time() > deadline:
+            raise TimeoutError(f"loop stuck in {state['phase']}")
+        time.sleep(0.5)
+    stop_loop("tiny")
+    stamps = timeline(registry, cur, last_event, root / "ckpt")
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    train_cfg = storage.read_json(storage.resolve(cur["train_config"]))
+    train_cfg["run_name"] = "direct-run"
+    direct_cfg = root / "direct-train.json"
+    direct_cfg.write_text(json.dumps(train_cfg))
+    direct_train = run_direct(["-m", "jobs.train", "--config", str(direct_cfg)], env)
+    direct_eval = run_direct(["-m", "jobs.evaluate", "--config", cur["eval_config"]], env)
+    loop_s = cur["evaluated_at"] - cur["triggered_at"]
+    direct_s = direct_train + direct_eval
+    print(
+        json.dumps(
+            {
+                "benchmark": "loop",
+                "seconds_after_last_event": stamps,
+                "loop_trigger_to_evaluated_s": round(loop_s, 2),
+                "direct_train_s": round(direct_train, 2),
+                "direct_evaluate_s": round(direct_eval, 2),
+                "overhead_ratio": round(loop_s / direct_s, 3),
+                "overhead_s": round(loop_s - direct_s, 2),
+                "goal": "<= 1.2x or <= 10 s added",
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
