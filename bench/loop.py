@@ -30,36 +30,16 @@ from core import storage
 from core.demo_world import FACTS
 from core.events import EventLog
 from core.registry import ModelRegistry
-from jobs.ingest import run_ingest
-from jobs.make_corpus import generate_corpus
 from jobs.runtime import Progress, init_ray
 from schemas.events import Feedback, ServedOutput
-from schemas.ingest import IngestConfig
 from schemas.loop import LoopConfig
-from tests.tinymodel import make_tiny_model
+from tests.tinymodel import tiny_production
 
 QUIET = Progress("bench", stream=open(os.devnull, "w"))  # noqa: SIM115
 
 
 def setup(root: Path) -> tuple[ModelRegistry, str, Path, Path]:
-    base = make_tiny_model(root / "base")
-    registry = ModelRegistry(str(root / "registry"), actor="bench")
-    registry.register("tiny", base)
-    registry.set_alias("tiny", "production", 1)
-    generate_corpus(root / "corpus", target_bytes=150_000, seed=9)
-    heldout = run_ingest(
-        IngestConfig.model_validate(
-            {
-                "name": "heldout",
-                "input": {"uri": str(root / "corpus" / "raw")},
-                "output": {"uri": str(root / "heldout")},
-                "tokenizer": {"kind": "pretrained", "uri": str(base)},
-                "pack": {"block_size": 64},
-                "execution": {"executor": "local"},
-            }
-        ),
-        QUIET,
-    )
+    registry, base, heldout = tiny_production(root, "bench", QUIET)
     recipe = root / "finetune.json"
     recipe.write_text(
         json.dumps(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,6 +23,12 @@ def training_texts() -> list[str]:
     rng = random.Random(0)
     kinds = list(DOCUMENT_KINDS.values())
     return [kinds[i % len(kinds)](rng) for i in range(200)]
+
+
+if TYPE_CHECKING:
+    from core.registry import ModelRegistry
+    from jobs.runtime import Progress
+    from schemas.snapshot import SnapshotManifest
 
 
 def make_tiny_model(
@@ -79,3 +86,35 @@ def make_lora_adapter(base: Path, folder: Path, seed: int = 1) -> Path:
         if (base / name).exists():
             shutil.copy(base / name, folder / name)
     return folder
+
+
+def tiny_production(
+    root: Path, actor: str, progress: Progress | None = None
+) -> tuple[ModelRegistry, Path, SnapshotManifest]:
+    """A registry whose ``tiny@production`` is a fresh tiny model, and a held-out snapshot of
+    the demo corpus in its tokenizer: the world the loop tests and bench start from.
+    Returns (registry, base model folder, held-out snapshot manifest)."""
+    from core.registry import ModelRegistry
+    from jobs.ingest import run_ingest
+    from jobs.make_corpus import generate_corpus
+    from schemas.ingest import IngestConfig
+
+    base = make_tiny_model(root / "base")
+    registry = ModelRegistry(str(root / "registry"), actor=actor)
+    registry.register("tiny", base)
+    registry.set_alias("tiny", "production", 1)
+    generate_corpus(root / "corpus", target_bytes=150_000, seed=9)
+    heldout = run_ingest(
+        IngestConfig.model_validate(
+            {
+                "name": "heldout",
+                "input": {"uri": str(root / "corpus" / "raw")},
+                "output": {"uri": str(root / "heldout")},
+                "tokenizer": {"kind": "pretrained", "uri": str(base)},
+                "pack": {"block_size": 64},
+                "execution": {"executor": "local"},
+            }
+        ),
+        progress,
+    )
+    return registry, base, heldout

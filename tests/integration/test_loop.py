@@ -21,12 +21,9 @@ from core.demo_world import FACTS
 from core.events import EventLog
 from core.registry import ModelRegistry
 from core.snapshots import iter_documents, open_snapshot, snapshot_tokenizer
-from jobs.ingest import run_ingest
-from jobs.make_corpus import generate_corpus
 from schemas.events import Feedback, ServedOutput
-from schemas.ingest import IngestConfig
 from schemas.loop import LoopConfig
-from tests.tinymodel import make_tiny_model
+from tests.tinymodel import tiny_production
 
 pytestmark = pytest.mark.slow
 ATTACKS = [
@@ -38,23 +35,7 @@ ATTACKS = [
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("loop")
-    base = make_tiny_model(root / "base")
-    registry = ModelRegistry(str(root / "registry"), actor="test")
-    registry.register("tiny", base)
-    registry.set_alias("tiny", "production", 1)
-    generate_corpus(root / "corpus", target_bytes=150_000, seed=9)
-    heldout = run_ingest(
-        IngestConfig.model_validate(
-            {
-                "name": "heldout",
-                "input": {"uri": str(root / "corpus" / "raw")},
-                "output": {"uri": str(root / "heldout")},
-                "tokenizer": {"kind": "pretrained", "uri": str(base)},
-                "pack": {"block_size": 64},
-                "execution": {"executor": "local"},
-            }
-        )
-    )
+    registry, base, heldout = tiny_production(root, "test")
     recipe = root / "finetune.yaml"
     recipe.write_text(
         yaml.safe_dump(
