@@ -1,23 +1,29 @@
-"""Benchmark serving: the batched deployment against an unbatched one, and Serve's overhead
-against calling the engine in-process, same model and workload, in one process run.
+"""Benchmark serving engines side by side, same model and workload, in one process run.
 
-    python bench/serve.py                 # the demo model if prepared, else a 30 M random Llama
-    python bench/serve.py --requests 32   # a quick look
+    python bench/serve.py                  # the demo model if prepared, else a 30 M random Llama
+    python bench/serve.py --requests 32    # a quick look
+    python bench/serve.py --arms hf_static,hf_one_at_a_time   # HF only (no vLLM installed)
 
-Arms (through the real HTTP gateway, the OpenAI API):
-- batched: the generator with max_batch_size 16, 16 requests in flight;
-- unbatched: the same generator with max_batch_size 1, 16 requests in flight;
-- overhead: one request at a time through Serve vs the same decode loop in this process.
-Each generator replica has one CPU. Prints JSON with tokens/s, p50/p95 latency and ratios.
+Workload: ``--requests`` chat completions of ``--max-tokens`` tokens, greedy, 16 in flight.
+Arms (each through the real HTTP front of its server, the OpenAI API):
+- vllm_1x2: the project's deployment (gateway -> generator), vLLM engine, 1 replica, 2 CPUs;
+- vllm_2x1: the same, 2 replicas of 1 CPU, each bound to its own core;
+- bare_vllm: vLLM's own OpenAI server (``vllm.entrypoints.openai.api_server``), defaults;
+- hf_static: the project's deployment, HF engine, static batches of up to 16, 2 CPUs;
+- hf_one_at_a_time: the same with batches of 1.
+Serve overhead: the vllm_1x2 deployment and the bare server, one request at a time.
+Prints JSON: tokens/s, p50/p95 latency, start-up time and ratios against bare vLLM.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,23 +34,28 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.registry import ModelRegistry
-from jobs.runtime import (
-    free_port,
-    init_ray,
-)
-from serve_apps.engine import BatchDecoder, SamplingParams, load_version
+from jobs.runtime import free_port, init_ray
 from tests.tinymodel import make_tiny_model
 
 KEY = "bench-key-0123456789"
-PROMPTS = [
+QUESTIONS = [
     f"Question {i}: how do I reset the Heron H2 thermostat after error E{i}?" for i in range(256)
 ]
+ARMS = ("vllm_1x2", "vllm_2x1", "bare_vllm", "hf_static", "hf_one_at_a_time")
+# arm -> generator settings of the project's deployment. Serve routes a version to replicas
+# that have it loaded until they hold max_ongoing_requests: 8 each makes 16 in flight spread.
+DEPLOYED = {
+    "vllm_1x2": {"engine": "vllm", "num_cpus": 2, "replicas": 1},
+    "vllm_2x1": {"engine": "vllm", "num_cpus": 1, "replicas": 2, "max_ongoing_requests": 8},
+    "hf_static": {"engine": "hf", "num_cpus": 2, "replicas": 1, "max_batch_size": 16},
+    "hf_one_at_a_time": {"engine": "hf", "num_cpus": 2, "replicas": 1, "max_batch_size": 1},
+}
 
 
 def model_folder(work: Path) -> Path:
     demo = Path(os.environ.get("FLYWHEEL_HOME", ".flywheel")) / "models/smollm2-135m-instruct"
     if (demo / "model.safetensors").exists():
-        return demo
+        return demo.resolve()
     return make_tiny_model(work / "medium", vocab_size=2000)
 
 
@@ -53,22 +64,23 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def run_load(url: str, n: int, concurrency: int, max_tokens: int) -> dict:
+async def run_load(url: str, model: str, n: int, concurrency: int, max_tokens: int) -> dict:
+    """``n`` greedy chat completions, ``concurrency`` in flight; every one must succeed."""
     sem = asyncio.Semaphore(concurrency)
     latencies, tokens = [], 0
 
-    async with httpx.AsyncClient(timeout=600) as http:
+    async with httpx.AsyncClient(timeout=900) as http:
 
         async def one(i: int) -> None:
             nonlocal tokens
             async with sem:
                 t0 = time.perf_counter()
                 r = await http.post(
-                    f"{url}/v1/completions",
+                    f"{url}/v1/chat/completions",
                     headers={"Authorization": f"Bearer {KEY}"},
                     json={
-                        "model": "bench:1",
-                        "prompt": PROMPTS[i % 256],
+                        "model": model,
+                        "messages": [{"role": "user", "content": QUESTIONS[i % 256]}],
                         "max_tokens": max_tokens,
                         "temperature": 0,
                     },
@@ -90,51 +102,111 @@ async def run_load(url: str, n: int, concurrency: int, max_tokens: int) -> dict:
     }
 
 
-def deploy(work: Path, name: str, max_batch: int, port: int) -> str:
+def deploy(work: Path, arm: str, port: int, eager: bool) -> str:
     from ray import serve
 
     from serve_apps.app import build_app
 
+    spec = {"max_ongoing_requests": 64, **DEPLOYED[arm]}
+    replicas = spec.pop("replicas")
     args = {
         "registry_uri": str(work / "registry"),
-        "event_log_uri": str(work / f"events-{name}"),
-        "event_wal_dir": str(work / f"wal-{name}"),
+        "event_log_uri": str(work / f"events-{arm}"),
+        "event_wal_dir": str(work / f"wal-{arm}"),
         "default_model": "bench",
         "generator": {
-            "num_cpus": 1,
-            "max_batch_size": max_batch,
+            **spec,
             "batch_wait_timeout_s": 0.005,
-            "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+            "vllm": {"enforce_eager": eager, "kv_cache_space_gib": 2},
+            "autoscaling": {"min_replicas": replicas, "max_replicas": replicas},
         },
-        "gateway": {"api_keys": [KEY], "max_tokens_ceiling": 1024, "num_cpus": 0.1},
+        "gateway": {"api_keys": [KEY], "max_tokens_ceiling": 1024, "num_cpus": 0.01},
     }
-    serve.run(build_app(args), name=name, route_prefix=f"/{name}")
-    return f"http://127.0.0.1:{port}/{name}"
+    serve.run(build_app(args), name=arm, route_prefix=f"/{arm}")
+    return f"http://127.0.0.1:{port}/{arm}"
 
 
-def in_process(registry: ModelRegistry, n: int, max_tokens: int) -> dict:
-    import torch
+async def warm(url: str, model: str, replicas: int) -> None:
+    """Load the model on every replica: requests in flight spread over the replicas."""
+    await run_load(url, model, 32 * replicas, 16 * replicas, 4)
 
-    torch.set_num_threads(1)
-    loaded = load_version(registry, "bench:1", torch.float32)
-    latencies, tokens = [], 0
-    for i in range(n):
-        ids = loaded.tokenizer(PROMPTS[i % 256]).input_ids
+
+def bench_deployed(work: Path, arm: str, port: int, args: argparse.Namespace) -> dict:
+    from ray import serve
+
+    t0 = time.perf_counter()
+    url = deploy(work, arm, port, args.eager)
+    asyncio.run(warm(url, "bench:1", DEPLOYED[arm]["replicas"]))
+    startup = time.perf_counter() - t0
+    result = asyncio.run(run_load(url, "bench:1", args.requests, 16, args.max_tokens))
+    result["startup_s"] = round(startup, 1)
+    if arm == "vllm_1x2":
+        result["concurrency_1"] = asyncio.run(run_load(url, "bench:1", 16, 1, args.max_tokens))
+    serve.delete(arm)
+    return result
+
+
+def bench_bare_vllm(folder: Path, args: argparse.Namespace) -> dict:
+    """vLLM's own OpenAI server on the same model, as its documentation starts it."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder)]
+    cmd += ["--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--api-key", KEY, "--dtype", "float32", "--disable-log-stats"]
+    cmd += ["--enforce-eager"] if args.eager else []
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}
+    log = open(Path(tempfile.gettempdir()) / "flywheel-bench-bare-vllm.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
         t0 = time.perf_counter()
-        decoder = BatchDecoder(
-            loaded, [ids], [SamplingParams(max_tokens=max_tokens, temperature=0)]
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            if proc.poll() is not None or time.perf_counter() - t0 > 900:
+                raise RuntimeError(f"bare vLLM did not start; see {log.name}")
+            time.sleep(1)
+        asyncio.run(warm(url, "bench", 1))
+        startup = time.perf_counter() - t0
+        result = asyncio.run(run_load(url, "bench", args.requests, 16, args.max_tokens))
+        result["startup_s"] = round(startup, 1)
+        result["concurrency_1"] = asyncio.run(run_load(url, "bench", 16, 1, args.max_tokens))
+        return result
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(30)
+        proc.kill()
+        log.close()
+
+
+def ratios(arms: dict) -> dict:
+    bare = arms.get("bare_vllm")
+    if not bare:
+        return {}
+    out = {}
+    for name, arm in arms.items():
+        if name != "bare_vllm":
+            out[name] = {
+                "throughput_vs_bare_vllm": round(arm["tokens_per_s"] / bare["tokens_per_s"], 2),
+                "p50_vs_bare_vllm": round(arm["p50_s"] / bare["p50_s"], 2),
+            }
+    if "vllm_1x2" in arms:
+        serve_1 = arms["vllm_1x2"]["concurrency_1"]["p50_s"]
+        out["serve_overhead_ms_at_concurrency_1"] = round(
+            (serve_1 - bare["concurrency_1"]["p50_s"]) * 1000, 1
         )
-        while not decoder.done:
-            tokens += decoder.step()[0].tokens
-        latencies.append(time.perf_counter() - t0)
-    return {"requests": n, "tokens": tokens, "p50_s": round(statistics.median(latencies), 4)}
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=64)
-    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset")
+    parser.add_argument("--eager", action="store_true", help="vLLM without torch.compile")
     args = parser.parse_args()
+    chosen = [a for a in ARMS if a in args.arms.split(",")]
     work = Path(tempfile.mkdtemp(prefix="flywheel-bench-serve-"))
     registry = ModelRegistry(str(work / "registry"), actor="bench")
     folder = model_folder(work)
@@ -144,34 +216,29 @@ def main() -> None:
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    results = {}
-    for name, batch in (("batched", 16), ("unbatched", 1)):
-        url = deploy(work, name, batch, port)
-        asyncio.run(run_load(url, 8, 8, 4))  # warm up: model loaded, code paths hot
-        results[name] = asyncio.run(run_load(url, args.requests, 16, args.max_tokens))
-        serve.delete(name)
-    url = deploy(work, "single", 16, port)
-    asyncio.run(run_load(url, 4, 1, 4))
-    through_serve = asyncio.run(run_load(url, 16, 1, args.max_tokens))
+    arms = {}
+    for arm in chosen:  # one at a time: every arm has the whole machine
+        print(f"arm {arm} ...", file=sys.stderr, flush=True)
+        if arm == "bare_vllm":
+            arms[arm] = bench_bare_vllm(folder, args)
+        else:
+            arms[arm] = bench_deployed(work, arm, port, args)
+        print(json.dumps({arm: arms[arm]}), file=sys.stderr, flush=True)
     serve.shutdown()
-    local = in_process(registry, 16, args.max_tokens)
-    b, u = results["batched"], results["unbatched"]
     print(
         json.dumps(
             {
                 "benchmark": "serve",
                 "model": str(folder),
                 "max_tokens": args.max_tokens,
-                "arms": {**results, "serve_concurrency_1": through_serve, "in_process_1": local},
-                "batched_vs_unbatched_throughput": round(b["tokens_per_s"] / u["tokens_per_s"], 2),
-                "batched_vs_unbatched_p50": round(b["p50_s"] / u["p50_s"], 2),
-                "serve_overhead_ms_at_concurrency_1": round(
-                    (through_serve["p50_s"] - local["p50_s"]) * 1000, 1
-                ),
+                "eager": args.eager,
+                "cpus": os.cpu_count(),
+                "arms": arms,
+                "ratios": ratios(arms),
                 "goals": {
-                    "throughput": ">= 4x unbatched",
-                    "p50": "<= 1.5x unbatched",
-                    "overhead_ms": "<= 20",
+                    "vllm deployment throughput at concurrency 16": ">= 1.0x bare vLLM",
+                    "vllm deployment p50 at concurrency 16": "<= 1.2x bare vLLM",
+                    "serve_overhead_ms_at_concurrency_1": "<= 20",
                 },
             },
             indent=2,

@@ -21,10 +21,30 @@ class Autoscaling(StrictModel):
     downscale_delay_s: float = Field(60.0, ge=0)
 
 
+class VLLMSettings(StrictModel):
+    """The vLLM engine (``generator.engine: vllm``); one engine per base model per replica."""
+
+    enforce_eager: bool = Field(
+        False, description="Skip torch.compile: starts in ~30 s instead of minutes, decodes slower."
+    )
+    kv_cache_space_gib: int = Field(1, ge=1, description="CPU: KV cache size per engine (GiB).")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="GPU: memory share.")
+    max_model_len: int | None = Field(None, ge=16, description="None: the model's own limit.")
+    max_num_seqs: int = Field(64, ge=1, description="Sequences decoded together (continuous).")
+    enable_lora: bool = Field(True, description="Serve LoRA versions as adapters on their base.")
+    max_lora_rank: int = Field(64, ge=1)
+    max_loras: int = Field(4, ge=1, description="Adapters active in one decoding step.")
+    bind_cores: bool = Field(
+        True, description="CPU: pin the engine's threads to cores this replica claims alone."
+    )
+
+
 class GeneratorSettings(StrictModel):
     """The model replicas."""
 
-    engine: Literal["hf"] = Field("hf", description="hf: Hugging Face generate-style decoding.")
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: Hugging Face decoding, batched; vllm: vLLM, continuous batching."
+    )
     num_cpus: float = Field(1.0, gt=0, description="CPUs per replica (also its torch threads).")
     num_gpus: float = Field(0.0, ge=0)
     max_models_per_replica: int = Field(3, ge=1, description="Versions a replica keeps loaded.")
@@ -33,6 +53,7 @@ class GeneratorSettings(StrictModel):
     max_ongoing_requests: int = Field(32, ge=1)
     dtype: Literal["float32", "bfloat16"] = "float32"
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings)
 
 
 class GatewaySettings(StrictModel):

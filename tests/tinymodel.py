@@ -53,8 +53,9 @@ def make_tiny_model(
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        # head_dim 32: the smallest vLLM's CPU attention kernels take.
+        num_attention_heads=2,
+        num_key_value_heads=1,
         max_position_embeddings=512,
         bos_token_id=bundle.eos_token_id,
         eos_token_id=bundle.eos_token_id,

@@ -1,6 +1,6 @@
 """Serving over real HTTP on the shared local Ray: the official OpenAI client, limits and
 errors, canary split, stickiness, explicit versions, alias moves, events, replica loss and
-scale to zero."""
+scale to zero. The whole module runs once per engine: Hugging Face and vLLM."""
 
 from __future__ import annotations
 
@@ -43,13 +43,20 @@ def world(tmp_path_factory) -> dict:
     return {"root": root, "registry": registry}
 
 
-def serve_args(world: dict, name: str, **generator) -> dict:
+# vLLM without torch.compile: an engine starts in ~35 s instead of minutes on 2 cores.
+ENGINES = {
+    "hf": {"engine": "hf"},
+    "vllm": {"engine": "vllm", "vllm": {"enforce_eager": True, "max_num_seqs": 16}},
+}
+
+
+def serve_args(world: dict, name: str, engine: str, **generator) -> dict:
     return {
         "registry_uri": str(world["root"] / "registry"),
         "event_log_uri": str(world["root"] / f"events-{name}"),
         "event_wal_dir": str(world["root"] / f"wal-{name}"),
         "default_model": "tiny",
-        "generator": {"num_cpus": 0.5, "max_batch_size": 16, **generator},
+        "generator": {"num_cpus": 0.5, "max_batch_size": 16, **ENGINES[engine], **generator},
         "gateway": {
             "api_keys": [KEY],
             "max_body_bytes": 20_000,
@@ -60,22 +67,26 @@ def serve_args(world: dict, name: str, **generator) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def server(ray_session, world):
+@pytest.fixture(scope="module", params=sorted(ENGINES))
+def server(request, ray_session, world):
     """Serve on a free loopback port, two applications: main at /, chaos at /chaos."""
     from ray import serve
 
     from serve_apps.app import build_app
 
+    engine = request.param
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # main keeps one replica: a second one, kept 60 s after a burst, would leave the chaos
     # app (2 replicas at 0.5 CPU) without the CPUs its scale-up test needs on 2 cores.
-    main = serve_args(world, "main", autoscaling={"min_replicas": 1, "max_replicas": 1})
+    main = serve_args(
+        world, f"main-{engine}", engine, autoscaling={"min_replicas": 1, "max_replicas": 1}
+    )
     serve.run(build_app(main), name="main", route_prefix="/")
     chaos = serve_args(
         world,
-        "chaos",
+        f"chaos-{engine}",
+        engine,
         autoscaling={
             "min_replicas": 0,
             "initial_replicas": 2,
@@ -86,10 +97,10 @@ def server(ray_session, world):
         },
     )
     serve.run(build_app(chaos), name="chaos", route_prefix="/chaos")
-    yield {"base": f"http://127.0.0.1:{port}", "world": world}
+    yield {"base": f"http://127.0.0.1:{port}", "world": world, "engine": engine}
     serve.shutdown()
     for app in ("main", "chaos"):
-        uri = str(world["root"] / f"events-{app}")
+        uri = str(world["root"] / f"events-{app}-{engine}")
         with contextlib.suppress(ValueError):
             ray_session.kill(ray_session.get_actor(writer_name(uri), namespace="flywheel"))
 
@@ -103,7 +114,7 @@ def client(server, prefix: str = "") -> openai.OpenAI:
 def events(server, app: str = "main") -> list:
     import ray
 
-    uri = str(server["world"]["root"] / f"events-{app}")
+    uri = str(server["world"]["root"] / f"events-{app}-{server['engine']}")
     ray.get(ray.get_actor(writer_name(uri), namespace="flywheel").flush.remote())
     return [e for _, e in EventLog(uri).read()]
 
@@ -355,7 +366,7 @@ def test_scales_to_zero_then_serves_again(server) -> None:
     assert _replicas("chaos")
 
 
-def test_events_survive_a_writer_crash(server, tmp_path: Path) -> None:
+def test_events_survive_a_writer_crash(ray_session, tmp_path: Path) -> None:
     """Acknowledged events are in the write-ahead log; a restarted writer replays them."""
     import ray
 
