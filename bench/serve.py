@@ -44,11 +44,13 @@ QUESTIONS = [
 ARMS = ("vllm_1x2", "vllm_2x1", "bare_vllm", "hf_static", "hf_one_at_a_time")
 # arm -> generator settings of the project's deployment. Serve routes a version to replicas
 # that have it loaded until they hold max_ongoing_requests: 8 each makes 16 in flight spread.
+# CPUs: 0.99 and 1.98 leave the gateway its 0.01 of the 2 Ray CPUs (a vLLM replica claims
+# ceil(num_cpus) whole cores for its threads).
 DEPLOYED = {
-    "vllm_1x2": {"engine": "vllm", "num_cpus": 2, "replicas": 1},
-    "vllm_2x1": {"engine": "vllm", "num_cpus": 1, "replicas": 2, "max_ongoing_requests": 8},
-    "hf_static": {"engine": "hf", "num_cpus": 2, "replicas": 1, "max_batch_size": 16},
-    "hf_one_at_a_time": {"engine": "hf", "num_cpus": 2, "replicas": 1, "max_batch_size": 1},
+    "vllm_1x2": {"engine": "vllm", "num_cpus": 1.98, "replicas": 1},
+    "vllm_2x1": {"engine": "vllm", "num_cpus": 0.99, "replicas": 2, "max_ongoing_requests": 8},
+    "hf_static": {"engine": "hf", "num_cpus": 1.98, "replicas": 1, "max_batch_size": 16},
+    "hf_one_at_a_time": {"engine": "hf", "num_cpus": 1.98, "replicas": 1, "max_batch_size": 1},
 }
 
 
@@ -102,7 +104,7 @@ async def run_load(url: str, model: str, n: int, concurrency: int, max_tokens: i
     }
 
 
-def deploy(work: Path, arm: str, port: int, eager: bool) -> str:
+def deploy(work: Path, arm: str, port: int, args: argparse.Namespace) -> str:
     from ray import serve
 
     from serve_apps.app import build_app
@@ -116,8 +118,9 @@ def deploy(work: Path, arm: str, port: int, eager: bool) -> str:
         "default_model": "bench",
         "generator": {
             **spec,
+            "dtype": args.dtype,
             "batch_wait_timeout_s": 0.005,
-            "vllm": {"enforce_eager": eager, "kv_cache_space_gib": 2},
+            "vllm": {"enforce_eager": args.eager, "kv_cache_space_gib": 2},
             "autoscaling": {"min_replicas": replicas, "max_replicas": replicas},
         },
         "gateway": {"api_keys": [KEY], "max_tokens_ceiling": 1024, "num_cpus": 0.01},
@@ -135,7 +138,7 @@ def bench_deployed(work: Path, arm: str, port: int, args: argparse.Namespace) ->
     from ray import serve
 
     t0 = time.perf_counter()
-    url = deploy(work, arm, port, args.eager)
+    url = deploy(work, arm, port, args)
     asyncio.run(warm(url, "bench:1", DEPLOYED[arm]["replicas"]))
     startup = time.perf_counter() - t0
     result = asyncio.run(run_load(url, "bench:1", args.requests, 16, args.max_tokens))
@@ -151,7 +154,7 @@ def bench_bare_vllm(folder: Path, args: argparse.Namespace) -> dict:
     port = free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder)]
     cmd += ["--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--api-key", KEY, "--dtype", "float32", "--disable-log-stats"]
+    cmd += ["--api-key", KEY, "--dtype", args.dtype, "--disable-log-stats"]
     cmd += ["--enforce-eager"] if args.eager else []
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}
     log = open(Path(tempfile.gettempdir()) / "flywheel-bench-bare-vllm.log", "w")  # noqa: SIM115
@@ -205,6 +208,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset")
     parser.add_argument("--eager", action="store_true", help="vLLM without torch.compile")
+    parser.add_argument("--dtype", default="float32", choices=["bfloat16", "float32"])
     args = parser.parse_args()
     chosen = [a for a in ARMS if a in args.arms.split(",")]
     work = Path(tempfile.mkdtemp(prefix="flywheel-bench-serve-"))
@@ -232,6 +236,7 @@ def main() -> None:
                 "model": str(folder),
                 "max_tokens": args.max_tokens,
                 "eager": args.eager,
+                "dtype": args.dtype,
                 "cpus": os.cpu_count(),
                 "arms": arms,
                 "ratios": ratios(arms),

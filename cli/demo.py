@@ -10,8 +10,9 @@ Steps so far:
 3. ingest it into a dataset snapshot and check every planted defect is accounted for;
 4. fine-tune the model on the snapshot (LoRA, DeepSpeed ZeRO-2, two Ray Train workers) and
    register the result with its lineage (``--tiny``: pretrain a tiny model instead);
-5. serve the registered version behind the OpenAI-compatible gateway (Ray Serve), ask it
-   questions about the product with the OpenAI client, and show the events that were logged;
+5. serve the registered version behind the OpenAI-compatible gateway (Ray Serve; the vLLM
+   engine, or Hugging Face when vLLM is not installed), start the engine, ask it questions
+   about the product with the OpenAI client, and show the events that were logged;
 6. run the feedback loop: simulated users ask, rate and correct; the loop fine-tunes,
    evaluates, canaries and promotes by itself; the demo compares parent and child on
    held-out questions and prints the promoted version's lineage (see ``cli/demo_loop.py``).
@@ -86,10 +87,13 @@ def run_demo(home: Path, size_mb: float, tiny: bool, address: str | None) -> Non
         version = run_train(train_cfg, Progress("train"))
     registry = ModelRegistry(train_cfg.registry.uri)
     training_summary(progress, registry, version)
-    with progress.stage("serve", "step 5: serve it behind the OpenAI-compatible gateway"):
-        served = start_serving(home, version.name)
     production = registry.aliases(version.name).get("production") == version.version
     target = f"{version.name}@production" if production else version.ref
+    engine = serving_engine()
+    with progress.stage(
+        "serve", f"step 5: start the {engine} engine with {target}, behind the gateway"
+    ):
+        served = start_serving(home, version.name, engine, preload=target)
     ask_questions(progress, served, target, chat=not tiny)
     if not tiny:
         with progress.stage("loop", "step 6: the feedback loop learns from users"):
@@ -205,10 +209,31 @@ class Served:
     url: str
     api_key: str
     event_log: str
+    engine: str
 
 
-def start_serving(home: Path, model: str) -> Served:
-    """Deploy infra/serve.yaml's application on a free loopback port with a fresh API key."""
+def serving_engine() -> str:
+    """infra/serve.yaml's engine (vLLM), or hf when vLLM is not installed (``make VLLM=0``)."""
+    import importlib.util
+
+    import yaml
+
+    from cli.serving import DEFAULT_SERVE_CONFIG
+
+    app = yaml.safe_load(DEFAULT_SERVE_CONFIG.read_text())["applications"][0]
+    engine = app["args"].get("generator", {}).get("engine", "hf")
+    if engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        print("vLLM is not installed (make VLLM=0?): serving with the hf engine", flush=True)
+        return "hf"
+    return engine
+
+
+def start_serving(home: Path, model: str, engine: str, preload: str) -> Served:
+    """Deploy infra/serve.yaml's application on a free loopback port with a fresh API key.
+
+    Returns once the generator replica has ``preload`` loaded: for vLLM that is the engine's
+    start (it compiles its graphs the first time, minutes on 2 cores; cached after).
+    """
     import secrets
 
     import yaml
@@ -224,13 +249,15 @@ def start_serving(home: Path, model: str) -> Served:
     args["gateway"] = {**args.get("gateway", {}), "api_keys": [key]}
     args["generator"] = {
         **args.get("generator", {}),
+        "engine": engine,
+        "preload": [preload],
         "num_cpus": 0.5,  # half a core: the loop fine-tunes beside it
         "autoscaling": {"min_replicas": 1, "max_replicas": 1},
     }
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(args), name="flywheel", route_prefix="/")
-    return Served(f"http://127.0.0.1:{port}", key, str(home / "store" / "events"))
+    return Served(f"http://127.0.0.1:{port}", key, str(home / "store" / "events"), engine)
 
 
 def ask_questions(

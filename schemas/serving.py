@@ -48,6 +48,13 @@ class GeneratorSettings(StrictModel):
     num_cpus: float = Field(1.0, gt=0, description="CPUs per replica (also its torch threads).")
     num_gpus: float = Field(0.0, ge=0)
     max_models_per_replica: int = Field(3, ge=1, description="Versions a replica keeps loaded.")
+    preload: list[str] = Field(
+        default_factory=list,
+        description="Versions or aliases (name@alias) a replica loads before it takes traffic.",
+    )
+    stream_interval_ms: float = Field(
+        50.0, ge=0, description="Tokens are sent on at most this often (0: every token)."
+    )
     max_batch_size: int = Field(16, ge=1)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     max_ongoing_requests: int = Field(32, ge=1)

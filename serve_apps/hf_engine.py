@@ -9,6 +9,7 @@ the fast tests use; :mod:`serve_apps.vllm_engine` is the faster engine.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,7 +29,7 @@ class HFEngine:
         self.registry = registry
         self.dtype = getattr(torch, settings.dtype)
         # One intra-op thread per CPU this replica was given: replicas share the machine.
-        torch.set_num_threads(max(1, int(settings.num_cpus)))
+        torch.set_num_threads(max(1, math.ceil(settings.num_cpus)))
         self._metrics = _batch_metric()
         self.reconfigure(settings.max_batch_size, settings.batch_wait_timeout_s)
 

@@ -335,6 +335,9 @@ def serve_config(cluster: RayCluster, port: int) -> Path:
     args["default_model"] = "tiny"
     args["event_wal_dir"] = str(cluster.home / "wal")
     args["generator"]["num_cpus"] = 0.5
+    # The config's engine (vLLM) without graph compilation: starts in under a minute here.
+    args["generator"].setdefault("vllm", {})["enforce_eager"] = True
+    args["generator"]["preload"] = ["tiny@production"]  # the replica is ready when it is
     args["generator"]["autoscaling"].update(min_replicas=1, max_replicas=1)
     path = cluster.home / "serve.yaml"
     path.write_text(yaml.safe_dump(raw))

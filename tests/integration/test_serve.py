@@ -80,7 +80,11 @@ def server(request, ray_session, world):
     # main keeps one replica: a second one, kept 60 s after a burst, would leave the chaos
     # app (2 replicas at 0.5 CPU) without the CPUs its scale-up test needs on 2 cores.
     main = serve_args(
-        world, f"main-{engine}", engine, autoscaling={"min_replicas": 1, "max_replicas": 1}
+        world,
+        f"main-{engine}",
+        engine,
+        preload=["tiny@production"],  # ready only once tiny:1 is loaded
+        autoscaling={"min_replicas": 1, "max_replicas": 1},
     )
     serve.run(build_app(main), name="main", route_prefix="/")
     chaos = serve_args(
