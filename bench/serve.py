@@ -123,7 +123,13 @@ def deploy(work: Path, arm: str, port: int, args: argparse.Namespace) -> str:
             "vllm": {"enforce_eager": args.eager, "kv_cache_space_gib": 2},
             "autoscaling": {"min_replicas": replicas, "max_replicas": replicas},
         },
-        "gateway": {"api_keys": [KEY], "max_tokens_ceiling": 1024, "num_cpus": 0.01},
+        # Requests queue behind slow arms (HF one at a time): no gateway timeout in the way.
+        "gateway": {
+            "api_keys": [KEY],
+            "max_tokens_ceiling": 1024,
+            "num_cpus": 0.01,
+            "request_timeout_s": 1800,
+        },
     }
     serve.run(build_app(args), name=arm, route_prefix=f"/{arm}")
     return f"http://127.0.0.1:{port}/{arm}"
@@ -184,17 +190,17 @@ def bench_bare_vllm(folder: Path, args: argparse.Namespace) -> dict:
 
 
 def ratios(arms: dict) -> dict:
-    bare = arms.get("bare_vllm")
-    if not bare:
+    bare = arms.get("bare_vllm", {})
+    if "tokens_per_s" not in bare:
         return {}
     out = {}
     for name, arm in arms.items():
-        if name != "bare_vllm":
+        if name != "bare_vllm" and "tokens_per_s" in arm:
             out[name] = {
                 "throughput_vs_bare_vllm": round(arm["tokens_per_s"] / bare["tokens_per_s"], 2),
                 "p50_vs_bare_vllm": round(arm["p50_s"] / bare["p50_s"], 2),
             }
-    if "vllm_1x2" in arms:
+    if "concurrency_1" in arms.get("vllm_1x2", {}) and "concurrency_1" in bare:
         serve_1 = arms["vllm_1x2"]["concurrency_1"]["p50_s"]
         out["serve_overhead_ms_at_concurrency_1"] = round(
             (serve_1 - bare["concurrency_1"]["p50_s"]) * 1000, 1
@@ -223,10 +229,15 @@ def main() -> None:
     arms = {}
     for arm in chosen:  # one at a time: every arm has the whole machine
         print(f"arm {arm} ...", file=sys.stderr, flush=True)
-        if arm == "bare_vllm":
-            arms[arm] = bench_bare_vllm(folder, args)
-        else:
-            arms[arm] = bench_deployed(work, arm, port, args)
+        try:
+            if arm == "bare_vllm":
+                arms[arm] = bench_bare_vllm(folder, args)
+            else:
+                arms[arm] = bench_deployed(work, arm, port, args)
+        except Exception as e:  # one failed arm must not lose the others' figures
+            arms[arm] = {"error": f"{type(e).__name__}: {e}"}
+            with contextlib.suppress(Exception):
+                serve.delete(arm)
         print(json.dumps({arm: arms[arm]}), file=sys.stderr, flush=True)
     serve.shutdown()
     print(
