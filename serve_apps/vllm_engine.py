@@ -60,6 +60,7 @@ class VLLMEngine:
         self._lock = asyncio.Lock()
         self._lora_ids = itertools.count(1)
         self._core_locks: list[IO[str]] = []
+        self.cores: list[int] = []
         if settings.num_gpus == 0:
             self.cores = self._bind_cores()
 
@@ -68,8 +69,8 @@ class VLLMEngine:
     def _bind_cores(self) -> list[int]:
         """Claim ``ceil(num_cpus)`` cores and point vLLM's thread binding at them.
 
-        The engine processes vLLM starts inherit this environment. Without a free core (more
-        replicas than cores) it binds to the least-recently-claimed ones and says so.
+        The engine processes vLLM starts inherit this environment. Without enough free cores
+        (more replicas than cores) it binds to the first ones, shared, and says so.
         """
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.settings.vllm.kv_cache_space_gib)
         want = max(1, math.ceil(self.settings.num_cpus))
@@ -102,9 +103,13 @@ class VLLMEngine:
             engine = self._engines.get(base) or await self._start(base)
             self._engines[base] = engine
             engine.users.add(version.ref)
-        if lora is not None:
-            await engine.llm.add_lora(lora)  # load now, not on the first request
         model = VLLMModel(version.ref, base, lora)
+        if lora is not None:
+            try:
+                await engine.llm.add_lora(lora)  # load now, not on the first request
+            except Exception:
+                await self.unload(model)
+                raise
         # Serve calls ``__del__`` of a model it evicts; set on the instance so that garbage
         # collection (which looks at the class) never runs it.
         model.__del__ = lambda: self.unload(model)  # type: ignore[method-assign]
@@ -127,8 +132,7 @@ class VLLMEngine:
             max_lora_rank=v.max_lora_rank,
             max_loras=v.max_loras,
             gpu_memory_utilization=v.gpu_memory_utilization,
-            # The engine core runs the model in its own process: no separate worker.
-            distributed_executor_backend="uni",
+            distributed_executor_backend="uni",  # one worker: no tensor parallelism here
             disable_log_stats=True,
         )
         llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
