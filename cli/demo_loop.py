@@ -82,6 +82,12 @@ def run_loop_demo(progress: Progress, served: Any, model: str, taught: int = 24)
     parent = registry.get(f"{model}@production").ref
     facts = list(world.FACTS[:taught])
     _, controller = start_loop(cfg)
+    # A reused home keeps the loop's earlier cycles: only a cycle finished from now on counts.
+    before = len(ray.get(controller.status.remote())["history"])
+
+    def finished(state: dict) -> bool:
+        return len(state["history"]) > before
+
     progress.say(f"feedback loop running for {model} (production {parent}); users start asking")
 
     async def teach_round(questions: list[tuple[world.Fact, str]], user: str) -> int:
@@ -96,7 +102,7 @@ def run_loop_demo(progress: Progress, served: Any, model: str, taught: int = 24)
         f"{len(rounds) - right} corrected"
     )
     state = _follow(
-        progress, controller, lambda s: s["phase"] in ("canary",) or s["history"], timeout_s=900
+        progress, controller, lambda s: s["phase"] == "canary" or finished(s), timeout_s=900
     )
     if state["phase"] == "canary":
         candidate = state["current"]["candidate"]
@@ -105,13 +111,11 @@ def run_loop_demo(progress: Progress, served: Any, model: str, taught: int = 24)
             "asking and rating"
         )
         deadline = time.time() + 600
-        while not state["history"] and time.time() < deadline:
+        while not finished(state) and time.time() < deadline:
             extra = [(f, f.questions[-1]) for f in facts]
             asyncio.run(teach_round(extra, f"user-{int(time.time())}"))
-            state = _follow(
-                progress, controller, lambda s: bool(s["history"]), timeout_s=20, quiet=True
-            )
-    outcome = state["history"][-1] if state["history"] else None
+            state = _follow(progress, controller, finished, timeout_s=20, quiet=True)
+    outcome = state["history"][-1] if finished(state) else None
     ray.get(controller.stop.remote())
     stop_loop(model)
     _report(progress, registry, served, model, parent, outcome, facts)
