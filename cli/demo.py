@@ -89,11 +89,12 @@ def run_demo(home: Path, size_mb: float, tiny: bool, address: str | None) -> Non
     training_summary(progress, registry, version)
     production = registry.aliases(version.name).get("production") == version.version
     target = f"{version.name}@production" if production else version.ref
-    engine = serving_engine()
+    app = default_serve_app()
+    engine = serving_engine(app)
     with progress.stage(
         "serve", f"step 5: start the {engine} engine with {target}, behind the gateway"
     ):
-        served = start_serving(home, version.name, engine, preload=target)
+        served = start_serving(home, app, version.name, engine, preload=target)
     ask_questions(progress, served, target, chat=not tiny)
     if not tiny:
         with progress.stage("loop", "step 6: the feedback loop learns from users"):
@@ -212,15 +213,19 @@ class Served:
     engine: str
 
 
-def serving_engine() -> str:
-    """infra/serve.yaml's engine (vLLM), or hf when vLLM is not installed (``make VLLM=0``)."""
-    import importlib.util
-
+def default_serve_app() -> dict[str, Any]:
+    """The application of infra/serve.yaml (the Serve config `flywheel serve` runs)."""
     import yaml
 
     from cli.serving import DEFAULT_SERVE_CONFIG
 
-    app = yaml.safe_load(DEFAULT_SERVE_CONFIG.read_text())["applications"][0]
+    return yaml.safe_load(DEFAULT_SERVE_CONFIG.read_text())["applications"][0]
+
+
+def serving_engine(app: dict[str, Any]) -> str:
+    """The app's engine (vLLM), or hf when vLLM is not installed (``make VLLM=0``)."""
+    import importlib.util
+
     engine = app["args"].get("generator", {}).get("engine", "hf")
     if engine == "vllm" and importlib.util.find_spec("vllm") is None:
         print("vLLM is not installed (make VLLM=0?): serving with the hf engine", flush=True)
@@ -228,22 +233,19 @@ def serving_engine() -> str:
     return engine
 
 
-def start_serving(home: Path, model: str, engine: str, preload: str) -> Served:
-    """Deploy infra/serve.yaml's application on a free loopback port with a fresh API key.
+def start_serving(home: Path, app: dict[str, Any], model: str, engine: str, preload: str) -> Served:
+    """Deploy ``app`` on a free loopback port with a fresh API key.
 
     Returns once the generator replica has ``preload`` loaded: for vLLM that is the engine's
     start (it compiles its graphs the first time, minutes on 2 cores; cached after).
     """
     import secrets
 
-    import yaml
     from ray import serve
 
-    from cli.serving import DEFAULT_SERVE_CONFIG
     from jobs.runtime import free_port
     from serve_apps.app import build_app
 
-    app = yaml.safe_load(DEFAULT_SERVE_CONFIG.read_text())["applications"][0]
     key = secrets.token_urlsafe(24)
     args = {**app["args"], "default_model": model}
     args["gateway"] = {**args.get("gateway", {}), "api_keys": [key]}

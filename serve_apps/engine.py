@@ -32,6 +32,17 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
 
+    @classmethod
+    def from_request(cls, request: dict[str, Any]) -> SamplingParams:
+        """The sampling fields of a generator request (what the gateway sends)."""
+        return cls(
+            max_tokens=int(request["max_tokens"]),
+            temperature=float(request.get("temperature", 1.0)),
+            top_p=float(request.get("top_p", 1.0)),
+            stop=tuple(request.get("stop") or ()),
+            seed=request.get("seed"),
+        )
+
 
 @dataclass
 class LoadedModel:

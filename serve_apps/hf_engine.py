@@ -65,7 +65,7 @@ class HFEngine:
             ref: BatchDecoder(
                 items[idx[0]][0],
                 [items[i][1]["prompt_ids"] for i in idx],
-                [sampling(items[i][1]) for i in idx],
+                [SamplingParams.from_request(items[i][1]) for i in idx],
             )
             for ref, idx in groups.items()
         }
@@ -89,17 +89,6 @@ class HFEngine:
                     if out.finish_reason:
                         finished.add(i)
             yield outputs
-
-
-def sampling(request: dict[str, Any]) -> SamplingParams:
-    """The sampling fields of a generator request (what the gateway sends)."""
-    return SamplingParams(
-        max_tokens=int(request["max_tokens"]),
-        temperature=float(request.get("temperature", 1.0)),
-        top_p=float(request.get("top_p", 1.0)),
-        stop=tuple(request.get("stop") or ()),
-        seed=request.get("seed"),
-    )
 
 
 def _batch_metric() -> Any:

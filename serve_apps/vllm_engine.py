@@ -29,7 +29,7 @@ from typing import IO, Any
 
 from core.registry import ModelRegistry
 from schemas.serving import GeneratorSettings
-from serve_apps.engine import fetch
+from serve_apps.engine import SamplingParams, fetch
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,12 @@ class VLLMEngine:
         self._core_locks: list[IO[str]] = []
         self.cores: list[int] = []
         if settings.num_gpus == 0:
-            self.cores = self._bind_cores()
+            self.cores = self._configure_cpu()
 
     # -- placement -----------------------------------------------------------------------------
 
-    def _bind_cores(self) -> list[int]:
-        """Claim ``ceil(num_cpus)`` cores and point vLLM's thread binding at them.
+    def _configure_cpu(self) -> list[int]:
+        """Size the KV cache; claim ``ceil(num_cpus)`` cores and bind vLLM's threads to them.
 
         The engine processes vLLM starts inherit this environment. Without enough free cores
         (more replicas than cores) it binds to the first ones, shared, and says so.
@@ -194,15 +194,16 @@ class VLLMEngine:
 
 def vllm_sampling(request: dict[str, Any]) -> Any:
     """vLLM sampling parameters for a generator request; text comes back as deltas."""
-    from vllm import SamplingParams
+    from vllm import SamplingParams as VLLMSamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    return SamplingParams(
-        max_tokens=int(request["max_tokens"]),
-        temperature=float(request.get("temperature", 1.0)),
-        top_p=float(request.get("top_p", 1.0)),
-        stop=list(request.get("stop") or []),
-        seed=request.get("seed"),
+    p = SamplingParams.from_request(request)
+    return VLLMSamplingParams(
+        max_tokens=p.max_tokens,
+        temperature=p.temperature,
+        top_p=p.top_p,
+        stop=list(p.stop),
+        seed=p.seed,
         output_kind=RequestOutputKind.DELTA,
     )
 
