@@ -33,35 +33,19 @@ from core.registry import ModelRegistry
 from jobs.runtime import Progress, init_ray
 from schemas.events import Feedback, ServedOutput
 from schemas.loop import LoopConfig
-from tests.tinymodel import tiny_production
+from tests.tinymodel import tiny_production, write_finetune_recipe
 
 QUIET = Progress("bench", stream=open(os.devnull, "w"))  # noqa: SIM115
 
 
 def setup(root: Path) -> tuple[ModelRegistry, str, Path, Path]:
     registry, base, heldout = tiny_production(root, "bench", QUIET)
-    recipe = root / "finetune.json"
-    recipe.write_text(
-        json.dumps(
-            {
-                "run_name": "set-by-the-controller",
-                "mode": "lora",
-                "model": {"uri": "set-by-the-controller"},
-                "data": {"snapshot_uri": "set-by-the-controller", "micro_batch_size": 2},
-                "lora": {
-                    "r": 16,
-                    "alpha": 32,
-                    "dropout": 0.0,
-                    "target_modules": ["q_proj", "v_proj", "gate_proj", "down_proj"],
-                },
-                "optim": {"lr": 5e-2, "warmup_steps": 0, "max_steps": 30, "schedule": "constant"},
-                "deepspeed": {"zero_stage": 0},
-                "scaling": {"num_workers": 1, "resources_per_worker": {"CPU": 0.5}},
-                "checkpoint": {"storage_uri": str(root / "ckpt"), "every_steps": 10},
-                "registry": {"uri": "set-by-the-controller", "model_name": "tiny"},
-                "metrics": {"log_every_steps": 10, "peak_flops_per_worker": 1e10},
-            }
-        )
+    recipe = write_finetune_recipe(
+        root / "finetune.yaml",
+        root / "ckpt",
+        target_modules=["q_proj", "v_proj", "gate_proj", "down_proj"],
+        checkpoint_every=10,
+        log_every=10,
     )
     return registry, str(root / "heldout" / "snapshots" / heldout.snapshot_id), base, recipe
 

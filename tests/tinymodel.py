@@ -119,3 +119,35 @@ def tiny_production(
         progress,
     )
     return registry, base, heldout
+
+
+def write_finetune_recipe(
+    path: Path,
+    checkpoints: Path,
+    target_modules: list[str],
+    checkpoint_every: int,
+    log_every: int,
+) -> Path:
+    """The loop's fine-tune recipe for the tiny model (one half-CPU worker, LoRA r=16, 30
+    steps); the controller fills in the run, model, data and registry it trains."""
+    import yaml
+
+    unset = "set-by-the-controller"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "run_name": unset,
+                "mode": "lora",
+                "model": {"uri": unset},
+                "data": {"snapshot_uri": unset, "micro_batch_size": 2},
+                "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": target_modules},
+                "optim": {"lr": 5e-2, "warmup_steps": 0, "max_steps": 30, "schedule": "constant"},
+                "deepspeed": {"zero_stage": 0},
+                "scaling": {"num_workers": 1, "resources_per_worker": {"CPU": 0.5}},
+                "checkpoint": {"storage_uri": str(checkpoints), "every_steps": checkpoint_every},
+                "registry": {"uri": unset, "model_name": "tiny"},
+                "metrics": {"log_every_steps": log_every, "peak_flops_per_worker": 1e10},
+            }
+        )
+    )
+    return path

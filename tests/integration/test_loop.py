@@ -23,7 +23,7 @@ from core.registry import ModelRegistry
 from core.snapshots import iter_documents, open_snapshot, snapshot_tokenizer
 from schemas.events import Feedback, ServedOutput
 from schemas.loop import LoopConfig
-from tests.tinymodel import tiny_production
+from tests.tinymodel import tiny_production, write_finetune_recipe
 
 pytestmark = pytest.mark.slow
 ATTACKS = [
@@ -36,36 +36,20 @@ ATTACKS = [
 def world(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("loop")
     registry, base, heldout = tiny_production(root, "test")
-    recipe = root / "finetune.yaml"
-    recipe.write_text(
-        yaml.safe_dump(
-            {
-                "run_name": "set-by-the-controller",
-                "mode": "lora",
-                "model": {"uri": "set-by-the-controller"},
-                "data": {"snapshot_uri": "set-by-the-controller", "micro_batch_size": 2},
-                "lora": {
-                    "r": 16,
-                    "alpha": 32,
-                    "dropout": 0.0,
-                    "target_modules": [
-                        "q_proj",
-                        "k_proj",
-                        "v_proj",
-                        "o_proj",
-                        "gate_proj",
-                        "up_proj",
-                        "down_proj",
-                    ],
-                },
-                "optim": {"lr": 5e-2, "warmup_steps": 0, "max_steps": 30, "schedule": "constant"},
-                "deepspeed": {"zero_stage": 0},
-                "scaling": {"num_workers": 1, "resources_per_worker": {"CPU": 0.5}},
-                "checkpoint": {"storage_uri": str(root / "ckpt"), "every_steps": 100},
-                "registry": {"uri": "set-by-the-controller", "model_name": "tiny"},
-                "metrics": {"log_every_steps": 4, "peak_flops_per_worker": 1e10},
-            }
-        )
+    recipe = write_finetune_recipe(
+        root / "finetune.yaml",
+        root / "ckpt",
+        target_modules=[
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+        checkpoint_every=100,
+        log_every=4,
     )
     return {
         "root": root,
