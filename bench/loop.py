@@ -31,9 +31,9 @@ from core.demo_world import FACTS
 from core.events import EventLog
 from core.registry import ModelRegistry
 from jobs.runtime import Progress, init_ray
-from schemas.events import Feedback, ServedOutput
+from schemas.events import Feedback
 from schemas.loop import LoopConfig
-from tests.tinymodel import tiny_production, write_finetune_recipe
+from tests.tinymodel import served_output, tiny_production, write_finetune_recipe
 
 QUIET = Progress("bench", stream=open(os.devnull, "w"))  # noqa: SIM115
 
@@ -59,21 +59,7 @@ def send_corrections(log: EventLog, tokenizer: object, n: int) -> float:
             add_generation_prompt=True,
         )
         rid = f"b-{i}"
-        batch.append(
-            ServedOutput(
-                response_id=rid,
-                model="tiny",
-                model_version="tiny:1",
-                endpoint="chat.completions",
-                prompt=prompt,
-                completion="?",
-                prompt_tokens=1,
-                completion_tokens=1,
-                finish_reason="stop",
-                latency_ms=1.0,
-                user=f"u{i}",
-            )
-        )
+        batch.append(served_output(rid, "tiny:1", prompt, f"u{i}"))
         batch.append(
             Feedback(
                 response_id=rid,

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from schemas.events import ServedOutput
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
@@ -151,3 +153,22 @@ def write_finetune_recipe(
         )
     )
     return path
+
+
+def served_output(
+    response_id: str, version: str, prompt: str, user: str, completion: str = "?"
+) -> ServedOutput:
+    """A served chat completion event, as the gateway logs one, for tests that feed the loop."""
+    return ServedOutput(
+        response_id=response_id,
+        model=version.split(":")[0],
+        model_version=version,
+        endpoint="chat.completions",
+        prompt=prompt,
+        completion=completion,
+        prompt_tokens=1,
+        completion_tokens=1,
+        finish_reason="stop",
+        latency_ms=1.0,
+        user=user,
+    )

@@ -21,9 +21,9 @@ from core.demo_world import FACTS
 from core.events import EventLog
 from core.registry import ModelRegistry
 from core.snapshots import iter_documents, open_snapshot, snapshot_tokenizer
-from schemas.events import Feedback, ServedOutput
+from schemas.events import Feedback
 from schemas.loop import LoopConfig
-from tests.tinymodel import tiny_production, write_finetune_recipe
+from tests.tinymodel import served_output, tiny_production, write_finetune_recipe
 
 pytestmark = pytest.mark.slow
 ATTACKS = [
@@ -109,21 +109,7 @@ class Users:
             self.n += 1
             person = f"{user}-{k}"
             rid = f"r-{self.n}"
-            batch.append(
-                ServedOutput(
-                    response_id=rid,
-                    model="tiny",
-                    model_version=version,
-                    endpoint="chat.completions",
-                    prompt=self.prompt(question),
-                    completion="no idea",
-                    prompt_tokens=5,
-                    completion_tokens=2,
-                    finish_reason="stop",
-                    latency_ms=5.0,
-                    user=person,
-                )
-            )
+            batch.append(served_output(rid, version, self.prompt(question), person, "no idea"))
             feedback = Feedback(response_id=rid, rating=rating, correction=correction, user=person)
             batch.append(feedback)
             if correction:

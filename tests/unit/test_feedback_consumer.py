@@ -11,22 +11,11 @@ from actors.feedback import FeedbackConsumer
 from core import faults
 from core.events import EventLog
 from schemas.events import Feedback, ServedOutput
+from tests.tinymodel import served_output
 
 
 def served(rid: str, version: str = "m:1", prompt: str = "Q?", user: str = "u") -> ServedOutput:
-    return ServedOutput(
-        response_id=rid,
-        model="m",
-        model_version=version,
-        endpoint="completions",
-        prompt=prompt,
-        completion="a",
-        prompt_tokens=1,
-        completion_tokens=1,
-        finish_reason="stop",
-        latency_ms=1.0,
-        user=user,
-    )
+    return served_output(rid, version, prompt, user, completion="a")
 
 
 def loop_cfg(tmp: Path, log: Path) -> dict:
