@@ -31,7 +31,11 @@ class VLLMSettings(StrictModel):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="GPU: memory share.")
     max_model_len: int | None = Field(None, ge=16, description="None: the model's own limit.")
     max_num_seqs: int = Field(64, ge=1, description="Sequences decoded together (continuous).")
-    enable_lora: bool = Field(True, description="Serve LoRA versions as adapters on their base.")
+    enable_lora: bool = Field(
+        True,
+        description="Serve LoRA versions as adapters on their base. On CPU vLLM then runs "
+        "eager (no torch.compile): turn it off where only full models are served.",
+    )
     max_lora_rank: int = Field(64, ge=1)
     max_loras: int = Field(4, ge=1, description="Adapters active in one decoding step.")
     bind_cores: bool = Field(
