@@ -8,10 +8,13 @@ Workload: ``--requests`` chat completions of ``--max-tokens`` tokens, greedy, 16
 Arms (each through the real HTTP front of its server, the OpenAI API):
 - vllm_1x2: the project's deployment (gateway -> generator), vLLM engine, 1 replica, 2 CPUs;
 - vllm_2x1: the same, 2 replicas of 1 CPU, each bound to its own core;
-- bare_vllm: vLLM's own OpenAI server (``vllm.entrypoints.openai.api_server``), defaults;
+- bare_vllm: vLLM's own OpenAI server (``vllm.entrypoints.openai.api_server``), defaults
+  (on CPU: compute threads on all cores but one, which it keeps for its front end);
+- bare_vllm_all_cores: the same server with its threads on every core (a reference: what the
+  engine alone reaches on this machine);
 - hf_static: the project's deployment, HF engine, static batches of up to 16, 2 CPUs;
 - hf_one_at_a_time: the same with batches of 1.
-Serve overhead: the vllm_1x2 deployment and the bare server, one request at a time.
+Serve overhead: each vLLM deployment against the bare server, one request at a time (p50).
 Prints JSON: tokens/s, p50/p95 latency, start-up time and ratios against bare vLLM.
 """
 
@@ -41,7 +44,14 @@ KEY = "bench-key-0123456789"
 QUESTIONS = [
     f"Question {i}: how do I reset the Heron H2 thermostat after error E{i}?" for i in range(256)
 ]
-ARMS = ("vllm_1x2", "vllm_2x1", "bare_vllm", "hf_static", "hf_one_at_a_time")
+ARMS = (
+    "vllm_1x2",
+    "vllm_2x1",
+    "bare_vllm",
+    "bare_vllm_all_cores",
+    "hf_static",
+    "hf_one_at_a_time",
+)
 # arm -> generator settings of the project's deployment. Serve routes a version to replicas
 # that have it loaded until they hold max_ongoing_requests: 8 each makes 16 in flight spread.
 # CPUs: 0.99 and 1.98 leave the gateway its 0.01 of the 2 Ray CPUs (a vLLM replica claims
@@ -120,7 +130,9 @@ def deploy(work: Path, arm: str, port: int, args: argparse.Namespace) -> str:
             **spec,
             "dtype": args.dtype,
             "batch_wait_timeout_s": 0.005,
-            "vllm": {"enforce_eager": args.eager, "kv_cache_space_gib": 2},
+            # No LoRA: the workload is a full model, and vLLM 0.32 on CPU turns torch.compile
+            # off when LoRA is enabled (bare vLLM runs compiled).
+            "vllm": {"enforce_eager": args.eager, "kv_cache_space_gib": 2, "enable_lora": False},
             "autoscaling": {"min_replicas": replicas, "max_replicas": replicas},
         },
         # Requests queue behind slow arms (HF one at a time): no gateway timeout in the way.
@@ -149,13 +161,13 @@ def bench_deployed(work: Path, arm: str, port: int, args: argparse.Namespace) ->
     startup = time.perf_counter() - t0
     result = asyncio.run(run_load(url, "bench:1", args.requests, 16, args.max_tokens))
     result["startup_s"] = round(startup, 1)
-    if arm == "vllm_1x2":
+    if arm.startswith("vllm_"):
         result["concurrency_1"] = asyncio.run(run_load(url, "bench:1", 16, 1, args.max_tokens))
     serve.delete(arm)
     return result
 
 
-def bench_bare_vllm(folder: Path, args: argparse.Namespace) -> dict:
+def bench_bare_vllm(folder: Path, args: argparse.Namespace, all_cores: bool = False) -> dict:
     """vLLM's own OpenAI server on the same model, as its documentation starts it."""
     port = free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder)]
@@ -163,6 +175,10 @@ def bench_bare_vllm(folder: Path, args: argparse.Namespace) -> dict:
     cmd += ["--api-key", KEY, "--dtype", args.dtype, "--disable-log-stats"]
     cmd += ["--enforce-eager"] if args.eager else []
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}
+    if all_cores:
+        cores = sorted(os.sched_getaffinity(0))
+        env |= {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores))}
+        env |= {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "OMP_NUM_THREADS": str(len(cores))}
     log = open(Path(tempfile.gettempdir()) / "flywheel-bench-bare-vllm.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -200,11 +216,15 @@ def ratios(arms: dict) -> dict:
                 "throughput_vs_bare_vllm": round(arm["tokens_per_s"] / bare["tokens_per_s"], 2),
                 "p50_vs_bare_vllm": round(arm["p50_s"] / bare["p50_s"], 2),
             }
-    if "concurrency_1" in arms.get("vllm_1x2", {}) and "concurrency_1" in bare:
-        serve_1 = arms["vllm_1x2"]["concurrency_1"]["p50_s"]
-        out["serve_overhead_ms_at_concurrency_1"] = round(
-            (serve_1 - bare["concurrency_1"]["p50_s"]) * 1000, 1
-        )
+            reference = arms.get("bare_vllm_all_cores", {})
+            if name.startswith("vllm_") and "tokens_per_s" in reference:
+                out[name]["throughput_vs_bare_vllm_all_cores"] = round(
+                    arm["tokens_per_s"] / reference["tokens_per_s"], 2
+                )
+    for name in ("vllm_1x2", "vllm_2x1"):
+        if "concurrency_1" in arms.get(name, {}) and "concurrency_1" in bare:
+            p50 = arms[name]["concurrency_1"]["p50_s"] - bare["concurrency_1"]["p50_s"]
+            out[name]["serve_overhead_ms_at_concurrency_1"] = round(p50 * 1000, 1)
     return out
 
 
@@ -230,8 +250,8 @@ def main() -> None:
     for arm in chosen:  # one at a time: every arm has the whole machine
         print(f"arm {arm} ...", file=sys.stderr, flush=True)
         try:
-            if arm == "bare_vllm":
-                arms[arm] = bench_bare_vllm(folder, args)
+            if arm.startswith("bare_vllm"):
+                arms[arm] = bench_bare_vllm(folder, args, all_cores=arm == "bare_vllm_all_cores")
             else:
                 arms[arm] = bench_deployed(work, arm, port, args)
         except Exception as e:  # one failed arm must not lose the others' figures

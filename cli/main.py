@@ -107,7 +107,11 @@ def serve(
 @app.command(help=COMMANDS["demo"])
 def demo(
     home: Annotated[
-        Path, typer.Option(help="Folder for the demo's object store, models and logs.")
+        Path,
+        typer.Option(
+            help="Folder for the demo's object store, models and logs.",
+            envvar="FLYWHEEL_HOME",
+        ),
     ] = Path(".flywheel"),
     size_mb: Annotated[float, typer.Option(help="Size of the generated corpus, MB.")] = 5.0,
     tiny: Annotated[
@@ -117,6 +121,10 @@ def demo(
 ) -> None:
     from cli.demo import run_demo
 
+    if str(home).startswith("s3:"):  # FLYWHEEL_HOME may name a bucket for cluster jobs
+        raise typer.BadParameter(
+            f"{home}: the demo keeps its home on local disk", param_hint="--home"
+        )
     run_demo(home=home, size_mb=size_mb, tiny=tiny, address=address)
 
 

@@ -50,6 +50,13 @@ def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
     assert "unknown key 'bogus'" in result.output
 
 
+def test_demo_refuses_a_bucket_home() -> None:
+    # FLYWHEEL_HOME names a bucket for cluster jobs; the demo's home is a local folder.
+    result = runner.invoke(app, ["demo"], env={"FLYWHEEL_HOME": "s3://bucket/flywheel"})
+    assert result.exit_code == 2
+    assert "local disk" in result.output
+
+
 def test_models_commands_end_to_end(tmp_path: Path) -> None:
     from core import storage
     from core.registry import ModelRegistry
