@@ -36,7 +36,12 @@ class VLLMSettings(StrictModel):
         description="Serve LoRA versions as adapters on their base. On CPU vLLM then runs "
         "eager (no torch.compile): turn it off where only full models are served.",
     )
-    max_lora_rank: int = Field(64, ge=1)
+    max_lora_rank: int = Field(
+        16,
+        ge=1,
+        description="Largest adapter rank served. vLLM pads every adapter to it, and on CPU its "
+        "LoRA kernels gather a (rank x width) matrix per token: keep it at the ranks you train.",
+    )
     max_loras: int = Field(4, ge=1, description="Adapters active in one decoding step.")
     bind_cores: bool = Field(
         True, description="CPU: pin the engine's threads to cores this replica claims alone."
