@@ -28,39 +28,48 @@ async def ask(
     served: Any, model: str, items: list[tuple[world.Fact, str]], user: str, concurrency: int = 8
 ) -> list[tuple[world.Fact, str, str, str]]:
     """Ask each (fact, question) as its own user (so the traffic split applies); returns
-    (fact, question, answer, response id, version) tuples.
+    (fact, question, answer, response id, version, user) tuples for the questions answered.
 
-    A client per call: its connections belong to the event loop of one ``asyncio.run``.
+    A question the server fails (after the client's retries) is left unanswered, as a user
+    would give up, and said; the demo goes on. A client per call: its connections belong to
+    the event loop of one ``asyncio.run``.
     """
     import openai
 
     sem = asyncio.Semaphore(concurrency)
 
-    async def one(client: Any, i: int, fact: world.Fact, question: str) -> tuple:
+    async def one(client: Any, i: int, fact: world.Fact, question: str) -> tuple | None:
+        asker = f"{user}-{i}"
         async with sem:
-            r = await client.chat.completions.create(
-                model=model,
-                messages=[{"role": "user", "content": question}],
-                max_tokens=48,
-                temperature=0,
-                user=f"{user}-{i}",
-            )
-            return fact, question, r.choices[0].message.content or "", r.id, r.system_fingerprint
+            try:
+                r = await client.chat.completions.create(
+                    model=model,
+                    messages=[{"role": "user", "content": question}],
+                    max_tokens=48,
+                    temperature=0,
+                    user=asker,
+                )
+            except (openai.APIStatusError, openai.APIConnectionError) as e:
+                print(f"  {asker}: no answer ({type(e).__name__}: {e})", flush=True)
+                return None
+            answer = r.choices[0].message.content or ""
+            return fact, question, answer, r.id, r.system_fingerprint, asker
 
     async with openai.AsyncOpenAI(
         base_url=f"{served.url}/v1", api_key=served.api_key, max_retries=3, timeout=300
     ) as client:
-        return await asyncio.gather(*(one(client, i, f, q) for i, (f, q) in enumerate(items)))
+        answers = await asyncio.gather(*(one(client, i, f, q) for i, (f, q) in enumerate(items)))
+    return [a for a in answers if a is not None]
 
 
-async def rate(http: Any, url: str, key: str, answers: list[tuple], user: str) -> int:
+async def rate(http: Any, url: str, key: str, answers: list[tuple]) -> int:
     """Rate every answer against the truth; correct the wrong ones. Returns how many right.
     Each answer is rated by the user who asked it (see :func:`ask`)."""
     right = 0
-    for i, (fact, _, answer, rid, _) in enumerate(answers):
+    for fact, _, answer, rid, _, asker in answers:
         ok = world.is_correct(fact, answer)
         right += ok
-        body = {"response_id": rid, "rating": 5 if ok else 1, "user": f"{user}-{i}"}
+        body = {"response_id": rid, "rating": 5 if ok else 1, "user": asker}
         if not ok:
             body["correction"] = fact.answer_sentence
         r = await http.post(
@@ -90,16 +99,17 @@ def run_loop_demo(progress: Progress, served: Any, model: str, taught: int = 24)
 
     progress.say(f"feedback loop running for {model} (production {parent}); users start asking")
 
-    async def teach_round(questions: list[tuple[world.Fact, str]], user: str) -> int:
+    async def teach_round(questions: list[tuple[world.Fact, str]], user: str) -> tuple[int, int]:
         answers = await ask(served, model, questions, user)
         async with httpx.AsyncClient(timeout=60) as http:
-            return await rate(http, served.url, served.api_key, answers, user)
+            return len(answers), await rate(http, served.url, served.api_key, answers)
 
     rounds = [(f, f.questions[i]) for i in (0, 1) for f in facts]
-    right = asyncio.run(teach_round(rounds, "user-a"))
+    answered, right = asyncio.run(teach_round(rounds, "user-a"))
+    unanswered = f", {len(rounds) - answered} unanswered" if answered < len(rounds) else ""
     progress.say(
         f"users asked {len(rounds)} questions: {right} answered right, "
-        f"{len(rounds) - right} corrected"
+        f"{answered - right} corrected{unanswered}"
     )
     state = _follow(
         progress, controller, lambda s: s["phase"] == "canary" or finished(s), timeout_s=900
@@ -161,7 +171,7 @@ def _report(
     print(f"\nHeld-out questions about the corrected facts ({len(heldout)}):", flush=True)
     for ref in filter(None, [parent, child]):
         answers = asyncio.run(ask(served, ref, heldout, "eval"))
-        right = sum(world.is_correct(f, a) for f, _, a, _, _ in answers)
+        right = sum(world.is_correct(f, a) for f, _, a, *_ in answers)
         print(
             f"  {ref:<12} accuracy {right}/{len(heldout)} = {right / len(heldout):.0%}", flush=True
         )
