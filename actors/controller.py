@@ -27,7 +27,7 @@ from typing import Any
 from core import faults, storage
 from core.config import config_hash, load_config
 from core.policy import CanaryConfig, PolicyConfig, PolicyInput, RetrainPolicy, judge_canary
-from core.registry import ModelRegistry
+from core.registry import AliasConflict, ModelRegistry
 from schemas.loop import LoopConfig
 from schemas.train import TrainConfig
 
@@ -239,9 +239,16 @@ class LoopController:
     def _promote(self, cur: dict[str, Any], reason: str) -> None:
         name, version = cur["candidate"].split(":")
         expected = int(cur["production"].split(":")[1]) if cur["production"] else None
-        self.registry.set_alias(
-            name, "production", int(version), expected=expected, reason=f"promoted: {reason}"
-        )
+        try:
+            self.registry.set_alias(
+                name, "production", int(version), expected=expected, reason=f"promoted: {reason}"
+            )
+        except AliasConflict:
+            # Someone else moved production during the cycle: the candidate was judged against
+            # a version that no longer serves. Retrying could never succeed; end the cycle.
+            now = self._production()
+            self._rollback(cur, f"production moved from {cur['production']} to {now}: not promoted")
+            return
         self._clear_canary(name)
         self._report(cur, "promoted", reason)
         self._finish("promoted", reason)
