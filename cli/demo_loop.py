@@ -26,7 +26,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "jobs" / "configs"
 
 async def ask(
     served: Any, model: str, items: list[tuple[world.Fact, str]], user: str, concurrency: int = 8
-) -> list[tuple[world.Fact, str, str, str]]:
+) -> list[tuple[world.Fact, str, str, str, str, str]]:
     """Ask each (fact, question) as its own user (so the traffic split applies); returns
     (fact, question, answer, response id, version, user) tuples for the questions answered.
 

@@ -3,6 +3,7 @@ trained here, a chat template, and a LoRA adapter whose output differs from its 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -172,3 +173,12 @@ def served_output(
         latency_ms=1.0,
         user=user,
     )
+
+
+def model_dir(tmp_path: Path, tag: str) -> Path:
+    """A stand-in model folder (a config and some bytes) for registry bookkeeping tests."""
+    d = tmp_path / f"model-{tag}"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps({"tag": tag}))
+    (d / "weights.bin").write_bytes(tag.encode() * 100)
+    return d

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from actors.controller import LoopController
 from core import storage
 from core.registry import ModelRegistry
+from tests.tinymodel import model_dir
 
 
 class Ratings:
@@ -20,14 +20,6 @@ class Ratings:
 
     def version_stats(self, version: str) -> dict[str, int]:
         return self.stats.get(version, {})
-
-
-def model_dir(tmp_path: Path, tag: str) -> Path:
-    d = tmp_path / f"model-{tag}"
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps({"tag": tag}))
-    (d / "weights.bin").write_bytes(tag.encode() * 100)
-    return d
 
 
 def canary_controller(tmp_path: Path, ratings: Ratings) -> tuple[LoopController, ModelRegistry]:

@@ -12,14 +12,7 @@ from core import faults, storage
 from core.registry import AliasConflict, ModelRegistry, RegistryError, parse_ref
 from core.storage import StorageError
 from schemas.registry import Lineage
-
-
-def model_dir(tmp_path: Path, tag: str) -> Path:
-    d = tmp_path / f"model-{tag}"
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "config.json").write_text(json.dumps({"tag": tag}))
-    (d / "weights.bin").write_bytes(tag.encode() * 100)
-    return d
+from tests.tinymodel import model_dir
 
 
 def registry(store) -> ModelRegistry:
