@@ -26,7 +26,7 @@ from typing import Any
 
 from core import faults, storage
 from core.config import config_hash, load_config
-from core.policy import CanaryConfig, PolicyConfig, PolicyInput, RetrainPolicy, judge_canary
+from core.loop.policy import CanaryConfig, PolicyConfig, PolicyInput, RetrainPolicy, judge_canary
 from core.registry import AliasConflict, ModelRegistry
 from schemas.loop import LoopConfig
 from schemas.train import TrainConfig

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.data.pii import PiiRedactor
 from core.events import EventLog, WriteAheadLog
-from core.pii import PiiRedactor
 from schemas.events import EVENT_ADAPTER, Feedback, ServedOutput
 from schemas.storage import StorageSettings
 

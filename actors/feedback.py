@@ -18,9 +18,9 @@ from datetime import datetime
 from typing import Any
 
 from core import faults, storage
-from core.curation import Candidate, Example, Quarantined, curate
-from core.drift import WordProfile, drift_score, profile
 from core.events import EventLog, Offset
+from core.loop.curation import Candidate, Example, Quarantined, curate
+from core.loop.drift import WordProfile, drift_score, profile
 from core.storage import Location
 from schemas.events import Feedback, ServedOutput
 from schemas.loop import LoopConfig
@@ -270,7 +270,7 @@ def reference_profile(
     snapshot_uri: str, cache: Location, settings: Any = None, max_docs: int = 2000
 ) -> WordProfile:
     """Word profile of a training snapshot's documents (decoded), cached next to the loop."""
-    from core.snapshots import iter_documents, resolve_snapshot, snapshot_tokenizer
+    from core.data.snapshots import iter_documents, resolve_snapshot, snapshot_tokenizer
 
     snap, manifest = resolve_snapshot(snapshot_uri, settings)
     loc = cache.join(f"reference-{manifest.snapshot_id}.json")

@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ingest_datasets import run_datasets_arm
 from core.config import load_config
-from core.models import prepare_demo_model
+from demo.corpus import generate_corpus
+from demo.model import prepare_demo_model
 from jobs.ingest import run_ingest
-from jobs.make_corpus import generate_corpus
 from jobs.runtime import Progress, init_ray
 from schemas.ingest import IngestConfig
 

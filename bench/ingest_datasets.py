@@ -13,17 +13,17 @@ import numpy as np
 import pyarrow as pa
 
 from core import storage
-from core.packing import pack_documents
-from core.readers import InputSplit, plan_splits, read_split
-from core.tokenization import TokenizerBundle, load_tokenizer
-from jobs.ingest import discover_inputs
-from jobs.ingest_stages import (
+from core.data.packing import pack_documents
+from core.data.readers import InputSplit, plan_splits, read_split
+from core.data.stages import (
     SHARD_SCHEMA,
     DocumentTransform,
     decide_duplicates,
     ordinal,
     signatures_of,
 )
+from core.data.tokenization import TokenizerBundle, load_tokenizer
+from jobs.ingest import discover_inputs
 from schemas.ingest import IngestConfig
 
 _cache: dict[str, object] = {}  # per worker process: built once, reused by every batch

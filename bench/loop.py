@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from actors.loop import start_loop, stop_loop
 from core import storage
-from core.demo_world import FACTS
 from core.events import EventLog
 from core.registry import ModelRegistry
+from demo.world import FACTS
 from jobs.runtime import Progress, init_ray
 from schemas.events import Feedback
 from schemas.loop import LoopConfig

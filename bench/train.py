@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core import storage
-from core.snapshots import open_snapshot, shard_locations
+from core.data.snapshots import open_snapshot, shard_locations
 from core.training import (
     LoopState,
     PlainEngine,
@@ -37,8 +37,8 @@ from core.training import (
     measure_matmul_flops,
     train_steps,
 )
+from demo.corpus import generate_corpus
 from jobs.ingest import run_ingest
-from jobs.make_corpus import generate_corpus
 from jobs.runtime import Progress, init_ray
 from jobs.train import _special_ids, run_train
 from schemas.ingest import IngestConfig

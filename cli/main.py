@@ -119,7 +119,7 @@ def demo(
     ] = False,
     address: AddressOpt = None,
 ) -> None:
-    from cli.demo import run_demo
+    from demo.run import run_demo
 
     if str(home).startswith("s3:"):  # FLYWHEEL_HOME may name a bucket for cluster jobs
         raise typer.BadParameter(

@@ -31,7 +31,7 @@ def report(
 ) -> None:
     """Build the report from the stores and print where it was written."""
     from core.config import expand_vars
-    from core.report import build_report, write_report
+    from report.page import build_report, write_report
 
     def expand(value: str) -> str:
         return expand_vars(value, os.environ)

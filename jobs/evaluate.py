@@ -5,7 +5,7 @@
 
 For each model: the mean token loss on the feedback snapshot (what users corrected), the mean
 loss on held-out blocks (what must not regress), and optionally generation accuracy on
-question/answer pairs. The gate (``core.policy.gate``) decides; the report goes to the
+question/answer pairs. The gate (``core.loop.policy.gate``) decides; the report goes to the
 candidate's evaluation reports in the registry and to ``--result``.
 """
 
@@ -21,10 +21,10 @@ import torch
 
 from core import storage
 from core.config import load_config
-from core.curation import normalize
-from core.policy import GateConfig, gate
+from core.data.snapshots import resolve_snapshot, shard_locations
+from core.loop.curation import normalize
+from core.loop.policy import GateConfig, gate
 from core.registry import ModelRegistry
-from core.snapshots import resolve_snapshot, shard_locations
 from core.training import batch_tensors
 from schemas.evaluate import EvalConfig
 from serve_apps.engine import BatchDecoder, LoadedModel, SamplingParams, load_version

@@ -4,7 +4,7 @@
     ray job submit --working-dir . -- python -m jobs.ingest --config jobs/configs/ingest-demo.yaml
     flywheel ingest --config jobs/configs/ingest-demo.yaml
 
-The stages live in ``jobs.ingest_stages``; this module plans the run, runs the stages with
+The stages live in ``core.data.stages``; this module plans the run, runs the stages with
 an executor (Ray Data, or one process for comparison and debugging) and publishes.
 
 The snapshot id hashes the inputs (relative path, size and content hash of every file, so a
@@ -24,11 +24,9 @@ from typing import Any
 
 from core import faults, storage
 from core.config import load_config
-from core.provenance import code_version
-from core.readers import InputSplit, plan_splits
-from core.snapshots import open_snapshot
-from core.storage import Location
-from jobs.ingest_stages import (
+from core.data.readers import InputSplit, plan_splits
+from core.data.snapshots import open_snapshot
+from core.data.stages import (
     SplitProcessor,
     SplitStats,
     TokenizePack,
@@ -38,6 +36,8 @@ from jobs.ingest_stages import (
     sum_stats,
     tokenizer_hash,
 )
+from core.registry.provenance import code_version
+from core.storage import Location
 from jobs.runtime import Progress, config_args, init_ray
 from schemas.ingest import IngestConfig
 from schemas.snapshot import InputFile, ShardInfo, SnapshotCounts, SnapshotManifest, TokenizerInfo
@@ -187,8 +187,8 @@ class RayExecutor(Executor):
     ) -> list[SplitStats]:
         import ray.data
 
+        from core.data.stages import split_to_json
         from jobs.ingest_ray import process_split_batch
-        from jobs.ingest_stages import split_to_json
 
         items = [{"split": split_to_json(s)} for s in splits]
         ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))

@@ -1,6 +1,6 @@
 """Ray Data adapters for the ingest stages: batches of work items in, JSON results out.
 
-Kept apart from ``jobs.ingest_stages`` so the stages stay plain Python; this is the only
+Kept apart from ``core.data.stages`` so the stages stay plain Python; this is the only
 ingest module that knows the shape of a Ray Data batch.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from core.data.stages import SplitProcessor, TokenizePack, split_from_json
 from core.storage import Location
-from jobs.ingest_stages import SplitProcessor, TokenizePack, split_from_json
 from schemas.ingest import IngestConfig
 
 # Task workers are reused: keep one processor (compiled regexes, MinHash permutations) per

@@ -21,9 +21,9 @@ from typing import Any
 
 from core import storage
 from core.config import config_hash, load_config
-from core.provenance import code_version, package_versions
+from core.data.snapshots import resolve_snapshot, shard_locations
 from core.registry import ModelRegistry, RegistryError
-from core.snapshots import resolve_snapshot, shard_locations
+from core.registry.provenance import code_version, package_versions
 from core.storage import Location
 from jobs.runtime import Progress, config_args, init_ray
 from schemas.registry import Lineage, ModelVersion, SnapshotRef

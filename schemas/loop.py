@@ -11,7 +11,7 @@ from schemas.storage import StorageSettings
 
 
 class PolicySettings(StrictModel):
-    """When to fine-tune (see core.policy.RetrainPolicy)."""
+    """When to fine-tune (see core.loop.policy.RetrainPolicy)."""
 
     min_new_examples: int = Field(20, ge=1, description="Curated examples that trigger.")
     min_acceptance: float = Field(0.5, ge=0, le=1, description="Trigger below this acceptance.")

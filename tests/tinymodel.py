@@ -21,7 +21,7 @@ CHAT_TEMPLATE = (
 def training_texts() -> list[str]:
     import random
 
-    from core.demo_world import DOCUMENT_KINDS
+    from demo.world import DOCUMENT_KINDS
 
     rng = random.Random(0)
     kinds = list(DOCUMENT_KINDS.values())
@@ -39,7 +39,7 @@ def make_tiny_model(
 ) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from core.tokenization import EOS_TOKEN, PAD_TOKEN, train_bpe
+    from core.data.tokenization import EOS_TOKEN, PAD_TOKEN, train_bpe
 
     bundle = train_bpe(training_texts(), vocab_size=vocab_size)
     tok = PreTrainedTokenizerFast(
@@ -99,8 +99,8 @@ def tiny_production(
     the demo corpus in its tokenizer: the world the loop tests and bench start from.
     Returns (registry, base model folder, held-out snapshot manifest)."""
     from core.registry import ModelRegistry
+    from demo.corpus import generate_corpus
     from jobs.ingest import run_ingest
-    from jobs.make_corpus import generate_corpus
     from schemas.ingest import IngestConfig
 
     base = make_tiny_model(root / "base")

@@ -31,9 +31,9 @@ import psutil
 import pytest
 import yaml
 
+from core.data.snapshots import list_snapshots
 from core.registry import ModelRegistry
-from core.snapshots import list_snapshots
-from jobs.make_corpus import generate_corpus
+from demo.corpus import generate_corpus
 from jobs.runtime import free_port
 from tests.tinymodel import make_tiny_model
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from cli.demo import account, surviving_pii
 from core import faults, storage
-from core.snapshots import SnapshotNotFound, iter_documents, open_snapshot, token_array
+from core.data.snapshots import SnapshotNotFound, iter_documents, open_snapshot, token_array
+from demo.corpus import PlantedTruth, generate_corpus
+from demo.run import account, surviving_pii
 from jobs.ingest import run_ingest
-from jobs.make_corpus import PlantedTruth, generate_corpus
 from schemas.ingest import IngestConfig
 
 pytestmark = pytest.mark.slow

@@ -17,10 +17,10 @@ import yaml
 from actors.loop import start_loop, stop_loop
 from core import faults
 from core.config import load_config
-from core.demo_world import FACTS
+from core.data.snapshots import iter_documents, open_snapshot, snapshot_tokenizer
 from core.events import EventLog
 from core.registry import ModelRegistry
-from core.snapshots import iter_documents, open_snapshot, snapshot_tokenizer
+from demo.world import FACTS
 from schemas.events import Feedback
 from schemas.loop import LoopConfig
 from tests.tinymodel import served_output, tiny_production, write_finetune_recipe

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core.report import build_report, write_report
+from report.page import build_report, write_report
 from tests.unit.test_report import PLOTS, build_store
 
 pytestmark = pytest.mark.slow

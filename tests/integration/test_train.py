@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core import faults
 from core.registry import ModelRegistry
+from demo.corpus import generate_corpus
 from jobs.ingest import run_ingest
-from jobs.make_corpus import generate_corpus
 from jobs.train import run_train
 from schemas.ingest import IngestConfig
 from schemas.train import TrainConfig

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from core.curation import Candidate, CurationConfig, curate, text_reason
-from core.drift import drift_score, js_divergence, profile
-from core.policy import (
+from core.loop.curation import Candidate, CurationConfig, curate, text_reason
+from core.loop.drift import drift_score, js_divergence, profile
+from core.loop.policy import (
     CanaryConfig,
     GateConfig,
     PolicyConfig,

@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 
-from core.dedup import (
+from core.data.dedup import (
     MinHasher,
     UnionFind,
     band_hashes,

@@ -12,8 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from core import demo_world as world
-from jobs.make_corpus import (
+from demo import world
+from demo.corpus import (
     BROKEN_REASONS,
     LOW_QUALITY_REASONS,
     PII_KINDS,

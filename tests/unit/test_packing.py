@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.packing import pack_documents, position_ids, unpack
+from core.data.packing import pack_documents, position_ids, unpack
 
 EOS, PAD = 0, 1
 docs_strategy = st.lists(st.lists(st.integers(2, 1000), max_size=40), max_size=30)

@@ -1,4 +1,4 @@
-"""Unit tests for core/pii.py: each kind, look-alikes, overlaps, plug-ins and properties."""
+"""Unit tests for core/data/pii.py: each kind, look-alikes, overlaps, plug-ins and properties."""
 
 import sys
 import types
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.pii import (
+from core.data.pii import (
     KIND_PRIORITY,
     PII_KINDS,
     PiiRedactor,

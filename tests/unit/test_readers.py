@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core import storage
-from core.readers import InputSplit, detect_format, iter_lines, plan_splits, read_split
+from core.data.readers import InputSplit, detect_format, iter_lines, plan_splits, read_split
 
 
 def read_all(path: Path, fmt: str, split_bytes: int = 1 << 30, limit: int = 1 << 20) -> list:

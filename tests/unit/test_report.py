@@ -13,9 +13,9 @@ from cli.main import COMMANDS, app
 from core import storage
 from core.events import EventLog
 from core.registry import ModelRegistry
-from core.report import build_report, write_report
-from core.report_charts import buckets, nice_ticks, percentile
-from core.report_lineage import layout, lineage_graph
+from report.charts import buckets, nice_ticks, percentile
+from report.lineage import layout, lineage_graph
+from report.page import build_report, write_report
 from schemas.events import Feedback, ServedOutput
 from schemas.registry import Lineage, SnapshotRef
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.text import alpha_ratio, clean_text, exact_key, quality_reason, repeated_line_ratio
+from core.data.text import alpha_ratio, clean_text, exact_key, quality_reason, repeated_line_ratio
 from schemas.ingest import CleanConfig
 
 

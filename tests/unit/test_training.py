@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.packing import pack_documents
+from core.data.packing import pack_documents
 from core.training import (
     LoopState,
     PlainEngine,

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from core import storage
+from core.data.tokenization import TokenizerBundle, load_tokenizer
 from core.storage import Location
-from core.tokenization import TokenizerBundle, load_tokenizer
 from schemas.snapshot import SnapshotManifest
 from schemas.storage import StorageSettings
 

@@ -1,6 +1,6 @@
 """Write the demo's raw corpus with planted defects, and the ground truth that scores ingest.
 
-    python -m jobs.make_corpus --out /tmp/corpus --size-mb 5 --seed 0
+    python -m demo.corpus --out /tmp/corpus --size-mb 5 --seed 0
 
 Layout (paths and record ids in planted.json are relative to ``raw/``, the way the ingest
 readers name records: ``docs/part-0000.jsonl@<byte offset>``, ``tickets/part-0000.parquet#<row>``):
@@ -32,7 +32,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core import demo_world as world
+from demo import world
 
 MB = 1_000_000
 MIN_TARGET_BYTES = 100_000

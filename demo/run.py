@@ -15,7 +15,7 @@ Steps so far:
    about the product with the OpenAI client, and show the events that were logged;
 6. run the feedback loop: simulated users ask, rate and correct; the loop fine-tunes,
    evaluates, canaries and promotes by itself; the demo compares parent and child on
-   held-out questions and prints the promoted version's lineage (see ``cli/demo_loop.py``).
+   held-out questions and prints the promoted version's lineage (see ``demo/loop_act.py``).
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cli.demo_loop import run_loop_demo
 from core.config import load_config
-from core.models import prepare_demo_model
+from core.data.snapshots import iter_documents, snapshot_tokenizer
 from core.registry import ModelRegistry
-from core.snapshots import iter_documents, snapshot_tokenizer
 from core.storage import resolve
+from demo.corpus import PlantedTruth, generate_corpus
+from demo.loop_act import run_loop_demo
+from demo.model import prepare_demo_model
 from jobs.ingest import render_report, run_ingest
-from jobs.make_corpus import PlantedTruth, generate_corpus
 from jobs.runtime import Progress, init_ray
 from jobs.train import run_train
 from schemas.ingest import IngestConfig
@@ -107,7 +107,7 @@ def run_demo(home: Path, size_mb: float, tiny: bool, address: str | None) -> Non
 
 def write_demo_report(home: Path, registry_uri: str, events_uri: str, model: str) -> str:
     """The same page ``flywheel report`` writes: plots of everything the demo just did."""
-    from core.report import build_report, write_report
+    from report.page import build_report, write_report
 
     loop = home / "store" / "loop"
     html = build_report(registry_uri, events_uri, str(loop) if loop.exists() else None, model)
@@ -270,7 +270,7 @@ def ask_questions(
     sends them as plain completions."""
     import openai
 
-    from core import demo_world as world
+    from demo import world
 
     client = openai.OpenAI(base_url=f"{served.url}/v1", api_key=served.api_key, max_retries=2)
     ids = []

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from core import faults, storage
-from core.dedup import (
+from core.data.dedup import (
     MinHasher,
     band_hashes,
     candidate_pairs,
@@ -36,12 +36,12 @@ from core.dedup import (
     lsh_params,
     near_duplicates,
 )
-from core.packing import pack_documents
-from core.pii import PiiRedactor, build_recognizers
-from core.readers import InputSplit, Record, read_split
+from core.data.packing import pack_documents
+from core.data.pii import PiiRedactor, build_recognizers
+from core.data.readers import InputSplit, Record, read_split
+from core.data.text import clean_text, exact_key, quality_reason
+from core.data.tokenization import TokenizerBundle, load_tokenizer, save_hf_folder, train_bpe
 from core.storage import Location
-from core.text import clean_text, exact_key, quality_reason
-from core.tokenization import TokenizerBundle, load_tokenizer, save_hf_folder, train_bpe
 from schemas.ingest import IngestConfig
 from schemas.snapshot import ShardInfo, TokenizerInfo
 

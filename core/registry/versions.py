@@ -22,13 +22,14 @@ import getpass
 import hashlib
 import json
 import socket
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from core import faults, storage
-from core.storage import Location, StorageError
-from schemas.registry import AliasRecord, AuditEntry, FileRecord, Lineage, ModelVersion
+from core.registry.audit import AuditLog, now
+from core.registry.lineage import walk_snapshot
+from core.storage import Location
+from schemas.registry import AliasRecord, FileRecord, Lineage, ModelVersion
 from schemas.storage import StorageSettings
 
 _MAX_RETRIES = 1000
@@ -40,10 +41,6 @@ class RegistryError(ValueError):
 
 class AliasConflict(RegistryError):
     """An alias moved since the caller looked (compare-and-swap failed)."""
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def default_actor() -> str:
@@ -341,7 +338,7 @@ class ModelRegistry:
         detail = f"{v.format}, created {v.created_at} by {v.created_by}, code {code}"
         nodes.append({"depth": depth, "kind": "version", "id": v.ref, "detail": detail})
         for snap in v.lineage.dataset_snapshots:
-            _walk_snapshot(snap.uri, snap.snapshot_id, depth + 1, nodes, self.root.s3)
+            walk_snapshot(snap.uri, snap.snapshot_id, depth + 1, nodes, self.root.s3)
         for parent in filter(None, [v.base, v.lineage.parent]):
             try:
                 self._walk_version(self.get(parent), depth + 1, nodes, seen)
@@ -366,44 +363,6 @@ class ModelRegistry:
         return self._versions_dir(name).join(f"{version:06d}")
 
 
-def _walk_snapshot(uri: str, snapshot_id: str, depth: int, nodes: list, s3: Any) -> None:
-    from core.snapshots import SnapshotNotFound, open_snapshot
-
-    settings = StorageSettings(s3=s3) if s3 else None
-    try:
-        _, m = open_snapshot(uri, settings)
-    except (SnapshotNotFound, StorageError):
-        nodes.append(
-            {
-                "depth": depth,
-                "kind": "snapshot",
-                "id": snapshot_id,
-                "detail": f"not readable at {uri}",
-            }
-        )
-        return
-    c = m.counts
-    nodes.append(
-        {
-            "depth": depth,
-            "kind": "snapshot",
-            "id": snapshot_id,
-            "detail": f"{c.documents} documents, {c.tokens} tokens, from {m.input_uri}",
-        }
-    )
-    for f in m.inputs:
-        nodes.append(
-            {
-                "depth": depth + 1,
-                "kind": "raw",
-                "id": f.path,
-                "detail": f"{f.size} bytes, sha256 {f.sha256[:12]}",
-            }
-        )
-    for parent in m.parents:
-        nodes.append({"depth": depth + 1, "kind": "source", "id": parent, "detail": ""})
-
-
 def _file_records(source: Path) -> list[FileRecord]:
     if not source.is_dir():
         raise RegistryError(f"{source} is not a folder")
@@ -423,61 +382,3 @@ def _file_records(source: Path) -> list[FileRecord]:
 def _content_hash(files: list[FileRecord], format: str, base: str | None) -> str:
     payload = {"files": [f.model_dump() for f in files], "format": format, "base": base}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-class AuditLog:
-    """Append-only log whose entries are chained by hash, so edits and deletions show."""
-
-    GENESIS = "0" * 64
-
-    def __init__(self, folder: Location, actor: str) -> None:
-        self.folder = folder
-        self.actor = actor
-
-    def entries(self) -> list[AuditEntry]:
-        return [
-            AuditEntry.model_validate(storage.read_json(e.location))
-            for e in storage.list_files(self.folder, "*.json")
-        ]
-
-    def append(
-        self, action: str, subject: str, details: dict[str, Any] | None = None
-    ) -> AuditEntry:
-        for _ in range(_MAX_RETRIES):
-            files = storage.list_files(self.folder, "*.json")
-            last = (
-                AuditEntry.model_validate(storage.read_json(files[-1].location)) if files else None
-            )
-            entry = AuditEntry(
-                seq=(last.seq if last else 0) + 1,
-                at=now(),
-                actor=self.actor,
-                action=action,
-                subject=subject,
-                details=details or {},
-                prev_hash=last.hash if last else self.GENESIS,
-            )
-            entry.hash = entry_hash(entry)
-            loc = self.folder.join(f"{entry.seq:08d}.json")
-            if storage.create_exclusive(loc, entry.model_dump_json(indent=1).encode()):
-                return entry
-        raise StorageError("could not append to the audit log: too much contention")
-
-    def verify(self) -> list[str]:
-        """Problems found in the chain (empty when intact)."""
-        problems = []
-        prev = self.GENESIS
-        for i, entry in enumerate(self.entries(), start=1):
-            if entry.seq != i:
-                problems.append(f"entry {i}: sequence number {entry.seq} (an entry is missing)")
-            if entry.prev_hash != prev:
-                problems.append(f"entry {entry.seq}: does not chain to the entry before it")
-            if entry_hash(entry) != entry.hash:
-                problems.append(f"entry {entry.seq}: content does not match its hash (edited)")
-            prev = entry.hash
-        return problems
-
-
-def entry_hash(entry: AuditEntry) -> str:
-    body = entry.model_dump(mode="json", exclude={"hash"})
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()

@@ -26,7 +26,7 @@ def code_version() -> str:
     wins, since a Ray job's working dir is a copy without ``.git``."""
     if os.environ.get("FLYWHEEL_CODE_VERSION"):
         return os.environ["FLYWHEEL_CODE_VERSION"]
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         commit = _git(root, "rev-parse", "HEAD")
         dirty = _git(root, "status", "--porcelain", "--untracked-files=no")

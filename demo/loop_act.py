@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core import demo_world as world
 from core.config import load_config
 from core.registry import ModelRegistry
+from demo import world
 from jobs.runtime import Progress
 from schemas.loop import LoopConfig
 

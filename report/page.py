@@ -7,7 +7,7 @@ optional; a missing one gives a "no data" note instead of an error. Every string
 registry, the events or the loop state is escaped before it reaches HTML or SVG.
 
 This module reads the sources and assembles the page section by section; the charts are
-drawn by ``core.report_charts`` and the lineage graph by ``core.report_lineage``.
+drawn by ``report.charts`` and the lineage graph by ``report.lineage``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from typing import Any
 from core import storage
 from core.events import EventLog
 from core.registry import ModelRegistry
-from core.report_charts import (
+from core.storage import StorageError
+from report.charts import (
     bar_chart,
     duration,
     epoch_seconds,
@@ -35,8 +36,7 @@ from core.report_charts import (
     ratio,
     time_bins,
 )
-from core.report_lineage import MAX_RAW_PER_SNAPSHOT, lineage_graph, lineage_svg
-from core.storage import StorageError
+from report.lineage import MAX_RAW_PER_SNAPSHOT, lineage_graph, lineage_svg
 from schemas.events import Feedback, ServedOutput
 from schemas.registry import ModelVersion
 from schemas.storage import StorageSettings

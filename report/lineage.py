@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
-from core.report_charts import natural, svg
+from report.charts import natural, svg
 
 KIND_COLORS = {
     "raw": "#9c755f",

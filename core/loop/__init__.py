@@ -1,0 +1,1 @@
+"""The feedback loop's pure logic: retrain policy and gates, curation of feedback, drift."""
