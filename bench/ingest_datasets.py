@@ -13,16 +13,12 @@ import numpy as np
 import pyarrow as pa
 
 from core import storage
+from core.data.dedup_stage import decide_duplicates, signatures_of
 from core.data.packing import pack_documents
 from core.data.readers import InputSplit, plan_splits, read_split
-from core.data.stages import (
-    SHARD_SCHEMA,
-    DocumentTransform,
-    decide_duplicates,
-    ordinal,
-    signatures_of,
-)
+from core.data.stages import DocumentTransform, ordinal
 from core.data.tokenization import TokenizerBundle, load_tokenizer
+from core.data.tokenize_stage import SHARD_SCHEMA
 from jobs.ingest import discover_inputs
 from schemas.ingest import IngestConfig
 

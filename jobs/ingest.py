@@ -24,18 +24,11 @@ from typing import Any
 
 from core import faults, storage
 from core.config import load_config
+from core.data.dedup_stage import clean_parts, find_duplicates
 from core.data.readers import InputSplit, plan_splits
 from core.data.snapshots import open_snapshot
-from core.data.stages import (
-    SplitProcessor,
-    SplitStats,
-    TokenizePack,
-    clean_parts,
-    find_duplicates,
-    prepare_tokenizer,
-    sum_stats,
-    tokenizer_hash,
-)
+from core.data.stages import SplitProcessor, SplitStats, sum_stats
+from core.data.tokenize_stage import TokenizePack, prepare_tokenizer, tokenizer_hash
 from core.registry.provenance import code_version
 from core.storage import Location
 from jobs.runtime import Progress, config_args, init_ray

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from core.data.stages import SplitProcessor, TokenizePack, split_from_json
+from core.data.stages import SplitProcessor, split_from_json
+from core.data.tokenize_stage import TokenizePack
 from core.storage import Location
 from schemas.ingest import IngestConfig
 

@@ -14,11 +14,10 @@ from core.data.pii import (
     PII_KINDS,
     PiiRedactor,
     PiiSpan,
-    PresidioRecognizer,
     build_recognizers,
     default_recognizers,
-    presidio_kind,
 )
+from core.data.pii_presidio import PresidioRecognizer, presidio_kind
 
 REDACTOR = PiiRedactor()
 
