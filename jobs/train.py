@@ -14,7 +14,9 @@ again with the same ``run_name`` resumes from its last checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from core.data.snapshots import resolve_snapshot, shard_locations
 from core.registry import ModelRegistry, RegistryError
 from core.registry.provenance import code_version, package_versions
 from core.storage import Location
-from jobs.runtime import Progress, config_args, init_ray
+from jobs.runtime import Progress, config_args, init_ray, quiet_ray_data
 from schemas.registry import Lineage, ModelVersion, SnapshotRef
 from schemas.snapshot import SHARD_COLUMNS, SnapshotManifest
 from schemas.train import TrainConfig
@@ -33,6 +35,8 @@ from schemas.train import TrainConfig
 TOKENIZER_FILES = ("tokenizer", "special_tokens", "chat_template", "vocab", "merges")
 # Environment a worker needs that Ray does not pass on by itself.
 _WORKER_ENV = ("TORCH_EXTENSIONS_DIR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+log = logging.getLogger(__name__)
 
 
 def run_train(cfg: TrainConfig, progress: Progress | None = None) -> ModelVersion:
@@ -59,7 +63,7 @@ def run_train(cfg: TrainConfig, progress: Progress | None = None) -> ModelVersio
         "faults": _env("FLYWHEEL_FAULTS"),
     }
     with progress.stage("fit", "training with Ray Train + DeepSpeed"):
-        result = _fit(cfg, loop_config, snap, manifest, replay)
+        result = _fit(cfg, loop_config, snap, manifest, progress, replay)
     with progress.stage("register", f"registering in {registry.root.uri}"):
         version = _register(cfg, registry, result, base_ref, snap, manifest, replay)
     progress.say(
@@ -135,20 +139,22 @@ def _fit(
     loop_config: dict,
     snap: Location,
     manifest: SnapshotManifest,
+    progress: Progress,
     replay: Replay | None = None,
 ) -> Any:
-    import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
 
     from jobs.train_worker import train_loop_per_worker
 
     dataset = snapshot_dataset(snap, manifest, replay, cfg.data.replay_blocks)
     ckpt = storage.resolve(cfg.checkpoint.storage_uri, cfg.storage)
     env = {k: v for k in _WORKER_ENV if (v := _env(k))}
+    steps = Queue(actor_options={"num_cpus": 0})  # rank 0's step stats, for the bar here
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config={**loop_config, "steps": steps},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers,
             use_gpu=cfg.scaling.use_gpu,
@@ -164,7 +170,59 @@ def _fit(
         ),
         datasets={"train": dataset},
     )
-    return trainer.fit()
+    try:
+        with StepProgress(cfg, steps, progress):
+            return trainer.fit()
+    finally:
+        steps.shutdown()
+
+
+class StepProgress:
+    """Follows the steps rank 0 reports while ``fit()`` runs (it blocks, and Ray Train
+    wants the main thread): a bar where bars are drawn, else a line every
+    ``metrics.log_every_steps`` (a job's log)."""
+
+    def __init__(self, cfg: TrainConfig, steps: Any, progress: Progress) -> None:
+        self.cfg, self.steps, self.progress = cfg, steps, progress
+        self.bar = progress.bar(total=cfg.optim.max_steps, desc="training steps")
+        self.first = True
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._follow, name="train-steps", daemon=True)
+
+    def __enter__(self) -> StepProgress:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(timeout=10)
+        self.bar.close()
+
+    def _follow(self) -> None:
+        from ray.util.queue import Empty
+
+        while True:  # until fit() returned and every step it reported is shown
+            try:
+                self.show(self.steps.get(timeout=0.5))
+            except Empty:
+                if self.done.is_set():
+                    return
+            except Exception as e:  # the queue's actor gone: training goes on without a bar
+                log.debug("step progress stopped: %s", e)
+                return
+
+    def show(self, s: dict[str, Any]) -> None:
+        if self.first:  # the clock starts at the first step, after the workers' start-up
+            self.first = False
+            self.bar.reset(total=self.cfg.optim.max_steps)
+        self.bar.update(s["step"] - self.bar.n)
+        self.bar.set_postfix(loss=f"{s['loss']:.3f}", tok_s=f"{s['tokens_per_s']:,.0f}")
+        every = self.cfg.metrics.log_every_steps
+        if self.bar.disable and (s["step"] % every == 0 or s["step"] == 1):
+            self.progress.say(
+                f"step {s['step']}/{self.cfg.optim.max_steps} loss {s['loss']:.4f} "
+                f"lr {s['lr']:.2e} {s['tokens_per_s']:,.0f} tok/s MFU {s['mfu']:.1%}"
+            )
 
 
 def snapshot_dataset(
@@ -186,7 +244,7 @@ def snapshot_dataset(
 
     # Training reports its own progress; per-operator bars from the split actor would
     # interleave with it in the job's log.
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    quiet_ray_data()
     pieces: list[Piece] = [(loc, 0, None) for loc in shard_locations(snap, manifest)]
     if replay:
         pieces += tail_pieces(*replay, replay_blocks)

@@ -11,6 +11,7 @@ Face folder (or a PEFT adapter) into the final checkpoint under ``model/``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from core import faults
+from core.logs import setup_logging
 from core.training import (
     LoopState,
     StepStats,
@@ -40,11 +42,14 @@ from schemas.train import TrainConfig
 
 CHECKPOINT_TAG = "ds"
 
+log = logging.getLogger(__name__)
+
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point; ``loop_config`` is built by ``jobs.train``."""
     import ray.train
 
+    setup_logging(bars=False)  # this worker's lines to its Ray log file (and the home's)
     cfg = TrainConfig.model_validate(loop_config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -67,6 +72,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     bf16 = use_bf16(cfg.deepspeed.bf16, cfg.scaling.use_gpu)
     # Counted before DeepSpeed: under ZeRO-3 each rank then holds only a partition.
     meter = _Meter(cfg, model, loop_config["block_size"], world, rank, bf16)
+    meter.steps = loop_config.get("steps") if rank == 0 else None
     optimizer = make_optimizer(model, cfg.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim))
     ds_config = deepspeed_config(cfg.deepspeed, cfg.optim, cfg.data.micro_batch_size, bf16)
@@ -133,9 +139,7 @@ def _restore(engine: Any) -> LoopState:
         _, client = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
     state = LoopState(**client["loop"])
     state.resumed_at.append(state.step)
-    print(
-        f"[train] resumed from step {state.step} ({state.micro_batches} micro-batches)", flush=True
-    )
+    log.info("resumed from step %d (%d micro-batches)", state.step, state.micro_batches)
     return state
 
 
@@ -216,21 +220,29 @@ class _Meter:
         )
         self.tokens = 0
         self.seconds = 0.0
+        self.steps: Any = None  # rank 0: a Ray queue the driver follows
 
     def log(self, stats: StepStats, state: LoopState) -> None:
         tokens = stats.tokens * self.world  # every worker processed a micro-batch per step
         self.tokens += tokens
         self.seconds += stats.seconds
-        state.curve[-1]["tokens_per_s"] = round(tokens / stats.seconds, 1)
-        if self.rank == 0 and (
-            stats.step % self.cfg.metrics.log_every_steps == 0 or stats.step == 1
-        ):
-            print(
-                f"[train] step {stats.step}/{self.cfg.optim.max_steps} loss {stats.loss:.4f} "
-                f"lr {stats.lr:.2e} {tokens / stats.seconds:,.0f} tok/s "
-                f"MFU {self.mfu(tokens / stats.seconds):.1%}",
-                flush=True,
+        tps = tokens / stats.seconds
+        state.curve[-1]["tokens_per_s"] = round(tps, 1)
+        if self.rank != 0:
+            return
+        if stats.step % self.cfg.metrics.log_every_steps == 0 or stats.step == 1:
+            log.info(
+                "step %d/%d loss %.4f lr %.2e %s tok/s MFU %.1f%%",
+                stats.step,
+                self.cfg.optim.max_steps,
+                stats.loss,
+                stats.lr,
+                f"{tps:,.0f}",
+                100 * self.mfu(tps),
             )
+        if self.steps is not None:  # the driver's bar (see jobs.train.StepProgress)
+            step = {"step": stats.step, "loss": stats.loss, "lr": stats.lr, "tokens_per_s": tps}
+            self.steps.put_nowait({**step, "mfu": self.mfu(tps)})
 
     def mfu(self, tokens_per_s: float) -> float:
         return tokens_per_s / self.world * self.flops_per_token / self.peak
