@@ -31,7 +31,7 @@ from core.data.stages import SplitProcessor, SplitStats, sum_stats
 from core.data.tokenize_stage import TokenizePack, prepare_tokenizer, tokenizer_hash
 from core.registry.provenance import code_version
 from core.storage import Location
-from jobs.runtime import Progress, config_args, init_ray
+from jobs.runtime import Progress, config_args, init_ray, quiet_ray_data
 from schemas.ingest import IngestConfig
 from schemas.snapshot import InputFile, ShardInfo, SnapshotCounts, SnapshotManifest, TokenizerInfo
 
@@ -63,7 +63,7 @@ def run_ingest(cfg: IngestConfig, progress: Progress | None = None) -> SnapshotM
         progress.say(f"snapshot {snapshot_id} already published at {snap.uri}: reusing it")
         return open_snapshot(snap)[1]
     work = out.join("_work", snapshot_id)
-    executor = make_executor(cfg)
+    executor = make_executor(cfg, progress)
     manifest = _run_stages(cfg, executor, progress, root, files, inputs, snapshot_id, work, snap)
     if not cfg.output.keep_work:
         storage.delete(work)
@@ -153,11 +153,14 @@ def compute_snapshot_id(cfg: IngestConfig, inputs: list[InputFile]) -> str:
 class Executor:
     """Runs the stages in this process, one unit after another."""
 
+    def __init__(self, progress: Progress | None = None) -> None:
+        self.progress = progress or Progress("ingest")
+
     def process_splits(
         self, cfg: IngestConfig, root: Location, work: Location, splits: Sequence[InputSplit]
     ) -> list[SplitStats]:
         processor = SplitProcessor(cfg, root, work)
-        return [processor(s) for s in splits]
+        return [processor(s) for s in self.progress.bar(splits, desc="splits")]
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return fn(*args)
@@ -166,14 +169,16 @@ class Executor:
         self, cfg: IngestConfig, work: Location, snap: Location, parts: Sequence[Location]
     ) -> list[ShardInfo]:
         worker = TokenizePack(cfg, work, snap, faults_spec())
-        return [worker(p) for p in parts]
+        return [worker(p) for p in self.progress.bar(parts, desc="tokenized parts")]
 
 
 class RayExecutor(Executor):
     """Runs the stages on Ray: splits as Ray Data tasks, tokenization in an actor pool."""
 
-    def __init__(self, address: str | None) -> None:
+    def __init__(self, address: str | None, progress: Progress | None = None) -> None:
+        super().__init__(progress)
         init_ray(address)
+        quiet_ray_data()  # one bar per stage here instead of Ray Data's per operator
 
     def process_splits(
         self, cfg: IngestConfig, root: Location, work: Location, splits: Sequence[InputSplit]
@@ -191,7 +196,8 @@ class RayExecutor(Executor):
             fn_kwargs={"cfg": cfg, "root": root, "work": work},
             num_cpus=cfg.execution.num_cpus_per_task,
         )
-        return [SplitStats(**json.loads(row["stats"])) for row in ds.iter_rows()]
+        rows = self.progress.bar(ds.iter_rows(), total=len(items), desc="splits")
+        return [SplitStats(**json.loads(row["stats"])) for row in rows]
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         import ray
@@ -220,7 +226,8 @@ class RayExecutor(Executor):
             compute=ray.data.ActorPoolStrategy(size=min(ex.tokenize_actors, len(items) or 1)),
             num_cpus=ex.cpus_per_tokenize_actor,
         )
-        infos = [ShardInfo.model_validate_json(row["shard"]) for row in ds.iter_rows()]
+        rows = self.progress.bar(ds.iter_rows(), total=len(items), desc="tokenized parts")
+        infos = [ShardInfo.model_validate_json(row["shard"]) for row in rows]
         return sorted(infos, key=lambda s: s.path)
 
 
@@ -231,10 +238,10 @@ def faults_spec() -> str | None:
     return os.environ.get(faults.ENV)
 
 
-def make_executor(cfg: IngestConfig) -> Executor:
+def make_executor(cfg: IngestConfig, progress: Progress | None = None) -> Executor:
     if cfg.execution.executor == "local":
-        return Executor()
-    return RayExecutor(cfg.execution.address)
+        return Executor(progress)
+    return RayExecutor(cfg.execution.address, progress)
 
 
 # ---------------------------------------------------------------------------------------------
