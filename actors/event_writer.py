@@ -13,6 +13,7 @@ A plain class: ``ray.remote(...)`` is applied where it is started (:func:`start_
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import threading
@@ -26,6 +27,8 @@ from schemas.events import EVENT_ADAPTER, Feedback, ServedOutput
 from schemas.storage import StorageSettings
 
 WRITER_NAME = "flywheel-event-writer"
+
+log = logging.getLogger(__name__)
 
 
 class EventWriter:
@@ -111,7 +114,7 @@ class EventWriter:
             try:
                 self.flush()
             except Exception as e:  # storage hiccup: keep the buffer, try again next tick
-                print(f"[event-writer] flush failed, will retry: {e}", flush=True)
+                log.warning("flush failed, will retry: %s", e)
 
     def _redact(self, event: ServedOutput | Feedback) -> ServedOutput | Feedback:
         if isinstance(event, ServedOutput):

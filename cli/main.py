@@ -17,6 +17,7 @@ from cli.models import app as models_app
 from cli.report import report
 from cli.serving import DEFAULT_SERVE_CONFIG, events_app, run_serve
 from core.config import ConfigError, load_config
+from core.logs import setup_logging
 
 COMMANDS = {
     "demo": "Run the main job end to end on the embedded default (local Ray, local disk).",
@@ -52,6 +53,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _setup() -> None:
+    # Every command logs the same way (core.logs); `flywheel demo` points it at its home.
+    setup_logging()
+
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML recipe.", exists=True)]
 SetOpt = Annotated[

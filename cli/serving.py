@@ -43,7 +43,7 @@ def run_serve(config: Path, address: str | None, blocking: bool = True) -> str:
     init_ray(address)
     http = raw.get("http_options", {})
     host, port = http.get("host", "127.0.0.1"), int(http.get("port", 8000))
-    serve.start(http_options={"host": host, "port": port})
+    start_serve(host, port)
     for app in raw["applications"]:
         serve.run(
             build_app(app.get("args", {})),
@@ -59,6 +59,25 @@ def run_serve(config: Path, address: str | None, blocking: bool = True) -> str:
         except KeyboardInterrupt:
             serve.shutdown()
     return url
+
+
+def start_serve(host: str, port: int) -> None:
+    """Start Serve's controller and proxy on ``host:port``: no per-request access log, and
+    Serve's logs (controller, proxy, replicas, vLLM's) in files, under ``<home>/logs/serve``
+    where the home is local (else in Ray's log folder)."""
+    from ray import serve
+    from ray.serve.schema import LoggingConfig
+
+    from core.logs import local_home, logs_dir
+    from jobs.runtime import adopt_ray_loggers
+
+    home = local_home()
+    folder = {"logs_dir": str(logs_dir(home) / "serve")} if home else {}
+    serve.start(
+        http_options={"host": host, "port": port},
+        logging_config=LoggingConfig(enable_access_log=False, **folder),
+    )
+    adopt_ray_loggers()  # the driver's "ray.serve" logger: to the file, errors on the terminal
 
 
 @events_app.command("tail", help="Show events as they arrive.")
