@@ -11,24 +11,34 @@ promoted version on held-out phrasings of the corrected facts.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.config import load_config
+from core.logs import progress_bar
 from core.registry import ModelRegistry
 from demo import world
 from jobs.runtime import Progress
 from schemas.loop import LoopConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "jobs" / "configs"
+log = logging.getLogger(__name__)
 
 
 async def ask(
-    served: Any, model: str, items: list[tuple[world.Fact, str]], user: str, concurrency: int = 8
+    served: Any,
+    model: str,
+    items: list[tuple[world.Fact, str]],
+    user: str,
+    concurrency: int = 8,
+    bar: str | None = None,
 ) -> list[tuple[world.Fact, str, str, str, str, str]]:
     """Ask each (fact, question) as its own user (so the traffic split applies); returns
     (fact, question, answer, response id, version, user) tuples for the questions answered.
+    ``bar``: the label of a progress bar over the questions (none without it).
 
     A question the server fails (after the client's retries) is left unanswered, as a user
     would give up, and said; the demo goes on. A client per call: its connections belong to
@@ -37,6 +47,7 @@ async def ask(
     import openai
 
     sem = asyncio.Semaphore(concurrency)
+    shown = progress_bar(total=len(items), desc=bar or "", unit="q", enabled=bar is not None)
 
     async def one(client: Any, i: int, fact: world.Fact, question: str) -> tuple | None:
         asker = f"{user}-{i}"
@@ -50,15 +61,19 @@ async def ask(
                     user=asker,
                 )
             except (openai.APIStatusError, openai.APIConnectionError) as e:
-                print(f"  {asker}: no answer ({type(e).__name__}: {e})", flush=True)
+                log.warning("  %s: no answer (%s: %s)", asker, type(e).__name__, e)
                 return None
+            finally:
+                shown.update()
             answer = r.choices[0].message.content or ""
             return fact, question, answer, r.id, r.system_fingerprint, asker
 
-    async with openai.AsyncOpenAI(
-        base_url=f"{served.url}/v1", api_key=served.api_key, max_retries=3, timeout=300
-    ) as client:
-        answers = await asyncio.gather(*(one(client, i, f, q) for i, (f, q) in enumerate(items)))
+    with shown:
+        async with openai.AsyncOpenAI(
+            base_url=f"{served.url}/v1", api_key=served.api_key, max_retries=3, timeout=300
+        ) as client:
+            asked = (one(client, i, f, q) for i, (f, q) in enumerate(items))
+            answers = await asyncio.gather(*asked)
     return [a for a in answers if a is not None]
 
 
@@ -79,7 +94,15 @@ async def rate(http: Any, url: str, key: str, answers: list[tuple]) -> int:
     return right
 
 
-def run_loop_demo(progress: Progress, served: Any, model: str, taught: int = 24) -> None:
+@dataclass
+class LoopActResult:
+    """What the closing act showed, for the demo's summary."""
+
+    outcome: str  # "promoted demo:3: <reason>", or that no cycle finished in time
+    heldout: dict[str, str] = field(default_factory=dict)  # version -> "right/asked = pct"
+
+
+def run_loop_demo(progress: Progress, served: Any, model: str, taught: int = 24) -> LoopActResult:
     """Users teach ``model``; wait for the loop to promote; compare parent and child."""
     import httpx
     import ray
@@ -99,13 +122,15 @@ def run_loop_demo(progress: Progress, served: Any, model: str, taught: int = 24)
 
     progress.say(f"feedback loop running for {model} (production {parent}); users start asking")
 
-    async def teach_round(questions: list[tuple[world.Fact, str]], user: str) -> tuple[int, int]:
-        answers = await ask(served, model, questions, user)
+    async def teach_round(
+        questions: list[tuple[world.Fact, str]], user: str, bar: str | None = None
+    ) -> tuple[int, int]:
+        answers = await ask(served, model, questions, user, bar=bar)
         async with httpx.AsyncClient(timeout=60) as http:
             return len(answers), await rate(http, served.url, served.api_key, answers)
 
     rounds = [(f, f.questions[i]) for i in (0, 1) for f in facts]
-    answered, right = asyncio.run(teach_round(rounds, "user-a"))
+    answered, right = asyncio.run(teach_round(rounds, "user-a", bar="users ask and rate"))
     unanswered = f", {len(rounds) - answered} unanswered" if answered < len(rounds) else ""
     progress.say(
         f"users asked {len(rounds)} questions: {right} answered right, "
@@ -121,14 +146,17 @@ def run_loop_demo(progress: Progress, served: Any, model: str, taught: int = 24)
             "asking and rating"
         )
         deadline = time.time() + 600
+        asked = 0
         while not finished(state) and time.time() < deadline:
             extra = [(f, f.questions[-1]) for f in facts]
             asyncio.run(teach_round(extra, f"user-{int(time.time())}"))
+            asked += len(extra)
             state = _follow(progress, controller, finished, timeout_s=20, quiet=True)
+        progress.say(f"users asked and rated {asked} more questions during the canary")
     outcome = state["history"][-1] if finished(state) else None
     ray.get(controller.stop.remote())
     stop_loop(model)
-    _report(progress, registry, served, model, parent, outcome, facts)
+    return _report(progress, registry, served, parent, outcome, facts)
 
 
 def _follow(
@@ -153,34 +181,38 @@ def _report(
     progress: Progress,
     registry: ModelRegistry,
     served: Any,
-    model: str,
     parent: str,
     outcome: dict | None,
     facts: list[world.Fact],
-) -> None:
-
+) -> LoopActResult:
     if outcome is None:
         progress.say("the loop did not finish a cycle in time")
-        return
-    progress.say(
-        f"loop outcome: {outcome['outcome']} {outcome.get('candidate')}: "
-        f"{outcome['outcome_reason']}"
-    )
+        return LoopActResult("no cycle finished in time")
+    said = f"{outcome['outcome']} {outcome.get('candidate')}: {outcome['outcome_reason']}"
+    progress.say(f"loop outcome: {said}")
+    result = LoopActResult(said)
     child = outcome.get("candidate")
     heldout = [(f, q) for f in facts for q in f.heldout_questions]
-    print(f"\nHeld-out questions about the corrected facts ({len(heldout)}):", flush=True)
+    log.info("Held-out questions about the corrected facts (%d):", len(heldout))
     for ref in filter(None, [parent, child]):
-        answers = asyncio.run(ask(served, ref, heldout, "eval"))
+        answers = asyncio.run(ask(served, ref, heldout, "eval", bar=f"held-out: {ref}"))
         right = sum(world.is_correct(f, a) for f, _, a, *_ in answers)
-        print(
-            f"  {ref:<12} accuracy {right}/{len(heldout)} = {right / len(heldout):.0%}", flush=True
-        )
+        result.heldout[ref] = f"accuracy {right}/{len(heldout)} = {right / len(heldout):.0%}"
+        log.info("  %-12s %s", ref, result.heldout[ref])
     if child:
-        print(f"\nLineage of {child}:", flush=True)
-        for node in registry.lineage(child):
-            detail = node["detail"] if node["kind"] != "source" else ""
-            if node["kind"] == "source" and node["id"][:16].isalnum() and len(node["id"]) == 32:
-                continue  # event ids: counted below rather than listed
-            print(f"  {'  ' * node['depth']}{node['kind']}: {node['id']}  {detail}", flush=True)
-        events = [n for n in registry.lineage(child) if n["kind"] == "source"]
-        print(f"  ... and {len(events)} feedback sources (event ids) behind it", flush=True)
+        log.info(_lineage(registry, child))
+    return result
+
+
+def _lineage(registry: ModelRegistry, ref: str) -> str:
+    """``ref``'s lineage as indented lines, feedback event ids counted rather than listed."""
+    nodes = registry.lineage(ref)
+    lines = [f"Lineage of {ref}:"]
+    for node in nodes:
+        detail = node["detail"] if node["kind"] != "source" else ""
+        if node["kind"] == "source" and node["id"][:16].isalnum() and len(node["id"]) == 32:
+            continue  # event ids: counted below rather than listed
+        lines.append(f"  {'  ' * node['depth']}{node['kind']}: {node['id']}  {detail}")
+    events = [n for n in nodes if n["kind"] == "source"]
+    lines.append(f"  ... and {len(events)} feedback sources (event ids) behind it")
+    return "\n".join(lines)

