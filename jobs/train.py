@@ -215,8 +215,9 @@ class StepProgress:
         if self.first:  # the clock starts at the first step, after the workers' start-up
             self.first = False
             self.bar.reset(total=self.cfg.optim.max_steps)
+        postfix = {"loss": f"{s['loss']:.3f}", "tok_s": f"{s['tokens_per_s']:,.0f}"}
+        self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(s["step"] - self.bar.n)
-        self.bar.set_postfix(loss=f"{s['loss']:.3f}", tok_s=f"{s['tokens_per_s']:,.0f}")
         every = self.cfg.metrics.log_every_steps
         if self.bar.disable and (s["step"] % every == 0 or s["step"] == 1):
             self.progress.say(
