@@ -9,10 +9,9 @@ here is pure and deterministic given a ``random.Random``.
 from __future__ import annotations
 
 import random
-import re
-import unicodedata
 from dataclasses import dataclass
-from functools import cache
+
+from core.loop.answers import answer_matches
 
 COMPANY = "Verdantia"
 APP_NAME = "Verdantia Grow"
@@ -329,60 +328,12 @@ def state_fact(fact: Fact, rng: random.Random) -> str:
 
 
 # --- answer checking ---------------------------------------------------------------------------
-# Answers are compared as normalised token sequences so "36-hour", "36 HOURS" and "thirty six"
-# style variants agree where cheap to support; the unit may be abbreviated ("36h", "10 s").
-
-_NUMBER_WORDS = {
-    word: str(i)
-    for i, word in enumerate(
-        ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-         "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
-         "eighteen", "nineteen", "twenty")
-    )
-}  # fmt: skip
-_UNIT_ALIASES = {
-    "hour": "hour|hr|hrs|h",
-    "second": "second|sec|s",
-    "year": "year|yr|yrs",
-    "meter": "meter|metre|m",
-    "centimeter": "centimeter|centimetre|cm",
-    "liter": "liter|litre|l",
-    "lumen": "lumen|lm",
-}
-
-
-def normalize_answer(text: str) -> str:
-    """Case-folded alphanumeric tokens: units singular, letters split from digits."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text)  # 1,299 -> 1299
-    text = re.sub(r"[^a-z0-9.]+", " ", text)
-    text = re.sub(r"(?<!\d)\.|\.(?!\d)", " ", text)  # keep dots only inside numbers
-    text = re.sub(r"(?<=[a-z])(?=\d)|(?<=\d)(?=[a-z])", " ", text)  # E14 -> e 14
-    return " ".join(_normalize_token(token) for token in text.split())
-
-
-def _normalize_token(token: str) -> str:
-    if token in _NUMBER_WORDS:
-        return _NUMBER_WORDS[token]
-    if re.fullmatch(r"\d+\.0+", token):  # $149.00 -> 149
-        return token.split(".")[0]
-    if len(token) > 3 and token.endswith("s") and not token.endswith("ss"):
-        return token[:-1]
-    return token
-
-
-@cache
-def _answer_pattern(answer: str) -> re.Pattern[str]:
-    tokens = normalize_answer(answer).split()
-    parts = [re.escape(token) for token in tokens]
-    if tokens[-1] in _UNIT_ALIASES:
-        parts[-1] = f"(?:{_UNIT_ALIASES[tokens[-1]]})"
-    return re.compile(r"(?<!\S)" + " ".join(parts) + r"(?!\S)")
+# One rule for the demo and the loop's gate (core.loop.answers).
 
 
 def is_correct(fact: Fact, completion: str) -> bool:
     """Whether ``completion`` contains the fact's answer (tolerant to case, punctuation, units)."""
-    return _answer_pattern(fact.answer).search(normalize_answer(completion)) is not None
+    return answer_matches(fact.answer, completion)
 
 
 # --- document generators ------------------------------------------------------------------------

@@ -22,8 +22,8 @@ import torch
 from core import storage
 from core.config import load_config
 from core.data.snapshots import resolve_snapshot, shard_locations
-from core.loop.curation import normalize
-from core.loop.policy import GateConfig, gate
+from core.loop.answers import answer_matches
+from core.loop.policy import gate
 from core.registry import ModelRegistry
 from core.training import batch_tensors
 from schemas.evaluate import EvalConfig
@@ -74,7 +74,8 @@ def mean_loss(
 
 
 def qa_accuracy(loaded: LoadedModel, items: list[dict[str, str]], max_new: int) -> dict:
-    """Greedy answers to each question; correct when the normalised answer appears."""
+    """Greedy answers to each question; correct when the expected answer appears in it
+    (:func:`core.loop.answers.answer_matches`, the rule the demo scores by too)."""
     tok = loaded.tokenizer
     prompts = [
         tok.apply_chat_template(
@@ -94,7 +95,7 @@ def qa_accuracy(loaded: LoadedModel, items: list[dict[str, str]], max_new: int) 
             for j, out in enumerate(decoder.step()):
                 texts[j] += out.text
         answers.extend(texts)
-    correct = [normalize(q["answer"]) in normalize(a) for q, a in zip(items, answers, strict=True)]
+    correct = [answer_matches(q["answer"], a) for q, a in zip(items, answers, strict=True)]
     return {
         "accuracy": sum(correct) / len(correct) if correct else None,
         "n": len(correct),
@@ -126,7 +127,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         if qa:
             report[role]["qa"] = qa_accuracy(loaded, qa, cfg.max_new_tokens)
         del loaded
-    decision = gate(report, GateConfig(cfg.gate.margin, cfg.gate.tolerance))
+    decision = gate(report, cfg.gate)
     report["gate"] = {"passed": decision.trigger, "reason": decision.reason}
     return report
 

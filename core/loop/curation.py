@@ -5,8 +5,9 @@ supervised example: the served prompt (already rendered with the model's chat te
 followed by the corrected answer. Before anything is trained on:
 
 - PII is redacted (again: the event writer redacts too, curation must not depend on it);
-- exact duplicates (same prompt and answer) collapse into one example that keeps every
-  source event id;
+- duplicates (the same prompt and the same answer, compared as
+  :func:`core.loop.answers.normalize_answer` tokens) collapse into one example that keeps
+  every source event id;
 - feedback that looks like an attack on the model is quarantined with a reason and never
   trained on: ``instruction`` (text aimed at the model: "ignore previous instructions",
   role tags, special tokens), ``link`` (URLs), ``spam`` (repetition, shouting, oversize),
@@ -23,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from core.data.pii import PiiRedactor
+from core.loop.answers import normalize_answer
 
 _INSTRUCTION = re.compile(
     r"ignore (all |any |the )?(previous|prior|above|earlier) (instructions|prompts?|rules)"
@@ -100,10 +102,6 @@ def text_reason(answer: str, cfg: CurationConfig) -> str | None:
     return None
 
 
-def normalize(text: str) -> str:
-    return re.sub(r"[^\w]+", " ", text.casefold()).strip()
-
-
 def curate(
     candidates: Iterable[Candidate],
     cfg: CurationConfig | None = None,
@@ -148,16 +146,16 @@ def _drop_outliers(items: list[Candidate], cfg: CurationConfig) -> tuple[list, l
     """On a prompt several users corrected, keep the answers the most users agree on."""
     by_prompt: dict[str, list[Candidate]] = defaultdict(list)
     for c in items:
-        by_prompt[normalize(c.prompt)].append(c)
+        by_prompt[normalize_answer(c.prompt)].append(c)
     keep, out = [], []
     for group in by_prompt.values():
         votes: dict[str, set] = defaultdict(set)
         for c in group:
-            votes[normalize(c.answer)].add(c.user or c.event_ids[0])
+            votes[normalize_answer(c.answer)].add(c.user or c.event_ids[0])
         top = max(len(v) for v in votes.values())
         contested = len(votes) > 1 and top >= cfg.consensus_min_votes
         for c in group:
-            if contested and len(votes[normalize(c.answer)]) < top:
+            if contested and len(votes[normalize_answer(c.answer)]) < top:
                 out.append(Quarantined("outlier", c.prompt, c.answer, c.user, c.event_ids))
             else:
                 keep.append(c)
@@ -167,7 +165,9 @@ def _drop_outliers(items: list[Candidate], cfg: CurationConfig) -> tuple[list, l
 def _dedupe(items: list[Candidate]) -> list[Example]:
     examples: dict[tuple[str, str], Example] = {}
     for c in items:
-        ex = examples.setdefault((c.prompt, normalize(c.answer)), Example(c.prompt, c.answer))
+        ex = examples.setdefault(
+            (c.prompt, normalize_answer(c.answer)), Example(c.prompt, c.answer)
+        )
         ex.event_ids.extend(c.event_ids)
         if c.user and c.user not in ex.users:
             ex.users.append(c.user)

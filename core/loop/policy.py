@@ -4,7 +4,7 @@
 production's acceptance rate over a window of rated requests falls below a threshold, or
 drift passes a threshold; never during a cooldown, never with a fine-tune already in
 flight, never while paused. :func:`gate` judges an evaluation, :func:`judge_canary` a
-canary's live statistics.
+canary's live statistics. Their settings are the loop recipe's own (``schemas.loop``).
 """
 
 from __future__ import annotations
@@ -13,14 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    min_new_examples: int = 20
-    min_acceptance: float = 0.5
-    acceptance_window: int = 50
-    max_drift: float = 0.6
-    cooldown_s: float = 600.0
+from schemas.loop import CanarySettings, GateSettings, PolicySettings
 
 
 @dataclass(frozen=True)
@@ -45,8 +38,8 @@ class Decision:
 class RetrainPolicy:
     """Decides whether to fine-tune now; the reason always says why (or why not)."""
 
-    def __init__(self, cfg: PolicyConfig | None = None) -> None:
-        self.cfg = cfg or PolicyConfig()
+    def __init__(self, cfg: PolicySettings | None = None) -> None:
+        self.cfg = cfg or PolicySettings()
 
     def decide(self, s: PolicyInput) -> Decision:
         c = self.cfg
@@ -85,16 +78,10 @@ class RetrainPolicy:
         return Decision(False, f"waiting: {s.new_examples}/{c.min_new_examples} examples")
 
 
-@dataclass(frozen=True)
-class GateConfig:
-    margin: float = 0.05  # candidate feedback-set loss must be lower by this fraction
-    tolerance: float = 0.05  # held-out loss may rise by at most this fraction
-
-
-def gate(report: dict[str, Any], cfg: GateConfig | None = None) -> Decision:
+def gate(report: dict[str, Any], cfg: GateSettings | None = None) -> Decision:
     """Pass when the candidate beats production on the feedback set by the margin and does
     not regress on the held-out set by more than the tolerance (losses: lower is better)."""
-    cfg = cfg or GateConfig()
+    cfg = cfg or GateSettings()
     cand, prod = report["candidate"], report["production"]
     losses = [
         cand["feedback_loss"],
@@ -117,17 +104,11 @@ def gate(report: dict[str, Any], cfg: GateConfig | None = None) -> Decision:
     return Decision(True, f"feedback-set loss -{fb_gain:.1%}, held-out {regress:+.1%}")
 
 
-@dataclass(frozen=True)
-class CanaryConfig:
-    min_rated: int = 10  # rated canary requests before judging
-    max_acceptance_drop: float = 0.1  # canary may trail production by at most this
-
-
 def judge_canary(
-    canary: dict[str, Any], production: dict[str, Any], cfg: CanaryConfig | None = None
+    canary: dict[str, Any], production: dict[str, Any], cfg: CanarySettings | None = None
 ) -> Decision | None:
     """Promote, roll back, or None to keep watching (not enough rated requests yet)."""
-    cfg = cfg or CanaryConfig()
+    cfg = cfg or CanarySettings()
     if canary.get("rated", 0) < cfg.min_rated:
         return None
     c_acc = canary["accepted"] / canary["rated"]

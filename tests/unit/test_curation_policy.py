@@ -4,15 +4,8 @@ from __future__ import annotations
 
 from core.loop.curation import Candidate, CurationConfig, curate, text_reason
 from core.loop.drift import drift_score, js_divergence, profile
-from core.loop.policy import (
-    CanaryConfig,
-    GateConfig,
-    PolicyConfig,
-    PolicyInput,
-    RetrainPolicy,
-    gate,
-    judge_canary,
-)
+from core.loop.policy import PolicyInput, RetrainPolicy, gate, judge_canary
+from schemas.loop import CanarySettings, GateSettings, PolicySettings
 
 CFG = CurationConfig()
 
@@ -85,7 +78,7 @@ def policy_input(**kw) -> PolicyInput:
 
 def test_retrain_policy() -> None:
     p = RetrainPolicy(
-        PolicyConfig(
+        PolicySettings(
             min_new_examples=10,
             min_acceptance=0.5,
             acceptance_window=20,
@@ -111,14 +104,14 @@ def test_gate_and_canary() -> None:
         "candidate": {"feedback_loss": 1.0, "heldout_loss": 2.05},
         "production": {"feedback_loss": 2.0, "heldout_loss": 2.0},
     }
-    assert gate(report, GateConfig(margin=0.1, tolerance=0.05)).trigger
+    assert gate(report, GateSettings(margin=0.1, tolerance=0.05)).trigger
     worse = {**report, "candidate": {"feedback_loss": 1.0, "heldout_loss": 2.5}}
     assert not gate(worse).trigger and "held-out" in gate(worse).reason
     diverged = {**report, "candidate": {"feedback_loss": float("nan"), "heldout_loss": 2.0}}
     assert not gate(diverged).trigger and "finite" in gate(diverged).reason
     same = {**report, "candidate": {"feedback_loss": 1.99, "heldout_loss": 2.0}}
     assert not gate(same).trigger and "margin" in gate(same).reason
-    cfg = CanaryConfig(min_rated=5, max_acceptance_drop=0.1)
+    cfg = CanarySettings(min_rated=5, max_acceptance_drop=0.1)
     assert judge_canary({"rated": 2, "accepted": 2}, {"rated": 50, "accepted": 25}, cfg) is None
     assert judge_canary({"rated": 10, "accepted": 8}, {"rated": 50, "accepted": 25}, cfg).trigger
     assert not judge_canary(
