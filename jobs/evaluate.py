@@ -22,12 +22,14 @@ import torch
 from core import storage
 from core.config import load_config
 from core.data.snapshots import resolve_snapshot, shard_locations
+from core.generation.decoder import BatchDecoder
+from core.generation.loading import LoadedModel, load_version
+from core.generation.sampling import SamplingParams
 from core.loop.answers import answer_matches
 from core.loop.policy import gate
 from core.registry import ModelRegistry
 from core.training import batch_tensors
 from schemas.evaluate import EvalConfig
-from serve_apps.engine import BatchDecoder, LoadedModel, SamplingParams, load_version
 
 
 def blocks(uri: str, settings: Any, limit: int | None) -> list[tuple[np.ndarray, list, int]]:

@@ -16,34 +16,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any
 
 from ray import serve
 
+from core.generation.engine import Engine
 from core.registry import ModelRegistry, RegistryError
 from schemas.serving import GeneratorSettings
 from schemas.storage import StorageSettings
 
-log = logging.getLogger("ray.serve")
-
-
-class Engine(Protocol):
-    """What a generator replica needs from an engine."""
-
-    async def load(self, ref: str) -> Any:
-        """Make a registry version ready to generate; returns the handle ``stream`` takes."""
-
-    def stream(self, model: Any, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Stream ``{"text", "tokens", "finish_reason"}`` chunks; the last has a reason."""
-
-    def reconfigure(
-        self, max_batch_size: int | None, batch_wait_timeout_s: float | None
-    ) -> None: ...
-
-    def check_health(self) -> None:
-        """Raise if the engine can no longer serve (Serve then replaces the replica)."""
-
-    def shutdown(self) -> None: ...
+log = logging.getLogger(__name__)
 
 
 def make_engine(registry: ModelRegistry, settings: GeneratorSettings) -> Engine:

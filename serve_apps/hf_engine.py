@@ -1,7 +1,7 @@
 """The Hugging Face engine: versions loaded as PyTorch models, requests decoded in batches.
 
 Requests that arrive together are gathered by ``@serve.batch`` and decoded as one batch a
-token at a time (grouped per version, see :class:`serve_apps.engine.BatchDecoder`); every
+token at a time (grouped per version, see :class:`core.generation.decoder.BatchDecoder`); every
 request streams its own text as it comes. Portable (any CPU or GPU PyTorch runs on) and what
 the fast tests use; :mod:`serve_apps.vllm_engine` is the faster engine.
 """
@@ -15,9 +15,11 @@ from typing import Any
 
 from ray import serve
 
+from core.generation.decoder import BatchDecoder
+from core.generation.loading import LoadedModel, load_version
+from core.generation.sampling import SamplingParams
 from core.registry import ModelRegistry
 from schemas.serving import GeneratorSettings
-from serve_apps.engine import BatchDecoder, LoadedModel, SamplingParams, load_version
 
 
 class HFEngine:

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from core.generation.loading import fetch
+from core.generation.sampling import SamplingParams
 from core.registry import ModelRegistry
 from schemas.serving import GeneratorSettings
-from serve_apps.engine import SamplingParams, fetch
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,8 @@ def vllm_sampling(request: dict[str, Any]) -> Any:
         top_p=p.top_p,
         stop=list(p.stop),
         seed=p.seed,
+        presence_penalty=p.presence_penalty,
+        frequency_penalty=p.frequency_penalty,
         output_kind=RequestOutputKind.DELTA,
     )
 

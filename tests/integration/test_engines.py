@@ -11,9 +11,11 @@ import os
 import pytest
 import torch
 
+from core.generation.decoder import BatchDecoder
+from core.generation.loading import load_version
+from core.generation.sampling import SamplingParams
 from core.registry import ModelRegistry
 from schemas.serving import GeneratorSettings
-from serve_apps.engine import BatchDecoder, SamplingParams, load_version
 from tests.tinymodel import make_lora_adapter, make_tiny_model
 
 pytestmark = pytest.mark.slow

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from core.generation import loading
 from core.registry import ModelRegistry
-from serve_apps import engine
 
 
 @pytest.fixture
 def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModelRegistry:
-    monkeypatch.setattr(engine, "cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(loading, "cache_dir", lambda: tmp_path / "cache")
     src = tmp_path / "src"
     src.mkdir()
     for i in range(20):
@@ -29,7 +29,7 @@ def test_concurrent_fetches_see_whole_folders(registry: ModelRegistry) -> None:
 
     def fetch_and_read() -> None:
         try:
-            folder = engine.fetch(registry, "m:1")
+            folder = loading.fetch(registry, "m:1")
             seen.append(sorted(len(p.read_bytes()) for p in folder.glob("part-*.bin")))
         except BaseException as e:  # surfaced below, with the others
             errors.append(e)
@@ -41,13 +41,13 @@ def test_concurrent_fetches_see_whole_folders(registry: ModelRegistry) -> None:
         t.join()
     assert not errors
     assert seen == [[200_000] * 20] * 6
-    cache = engine.cache_dir()
+    cache = loading.cache_dir()
     assert [p.name for p in cache.iterdir() if p.name.startswith(".")] == []  # no temp left
 
 
 def test_an_incomplete_copy_is_replaced(registry: ModelRegistry) -> None:
-    folder = engine.fetch(registry, "m:1")
+    folder = loading.fetch(registry, "m:1")
     (folder / ".complete").unlink()
     (folder / "part-00.bin").write_bytes(b"torn")
-    again = engine.fetch(registry, "m:1")
+    again = loading.fetch(registry, "m:1")
     assert again == folder and (again / "part-00.bin").stat().st_size == 200_000
