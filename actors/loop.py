@@ -1,6 +1,11 @@
 """Starting the feedback loop's actors: one consumer and one controller per model, named,
 detached and restartable (``max_restarts=-1``), so they outlive the command that started
-them and come back after a crash, resuming from their persisted state."""
+them and come back after a crash, resuming from their persisted state.
+
+The one place the loop's actors meet Ray: here the plain classes are wrapped with
+``ray.remote``, and the controller is handed its collaborators, the consumer behind an
+:class:`ActorProxy` (so it calls plain methods) and a :class:`RayJobRunner`.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,31 @@ from typing import Any
 
 from actors.controller import LoopController
 from actors.feedback import FeedbackConsumer
+from actors.job_runner import RayJobRunner
 from core import faults
 from schemas.loop import LoopConfig
 
 NAMESPACE = "flywheel"
+
+
+class ActorProxy:
+    """An actor handle whose methods are called like a local object's: ``proxy.m(x)`` is
+    ``ray.get(handle.m.remote(x))``."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # pickling probes dunders before __init__ ran
+            raise AttributeError(name)
+        method = getattr(self._handle, name)
+
+        def call(*args: Any) -> Any:
+            import ray
+
+            return ray.get(method.remote(*args))
+
+        return call
 
 
 def actor_names(model_name: str) -> tuple[str, str]:
@@ -44,7 +70,7 @@ def start_loop(cfg: LoopConfig) -> tuple[Any, Any]:
     controller = (
         ray.remote(LoopController)
         .options(name=controller_name, **options)
-        .remote(body, consumer, autostart=True)
+        .remote(body, ActorProxy(consumer), RayJobRunner(cfg.jobs), autostart=True)
     )
     ray.get([consumer.status.remote(), controller.status.remote()])
     return consumer, controller

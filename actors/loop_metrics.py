@@ -71,3 +71,21 @@ def loop_metrics() -> dict[str, Any]:
             tag_keys=("model_version",),
         ),
     }
+
+
+def export_loop(
+    metrics: dict[str, Any], model_name: str, state: dict[str, Any], consumer: Any
+) -> None:
+    """Set the loop's gauges from the controller's state and the consumer's counters."""
+    model = {"model": model_name}
+    for phase in ("idle", "publishing", "training", "evaluating", "canary"):
+        metrics["phase"].set(float(state["phase"] == phase), tags={**model, "phase": phase})
+    metrics["cycle"].set(state["cycle"], tags=model)
+    status = consumer.status()
+    metrics["consumer_offset"].set(status["events"], tags=model)
+    metrics["pending_examples"].set(status["candidates"] - status["published"], tags=model)
+    for version in status["versions"]:
+        stats = consumer.version_stats(version)
+        if stats.get("rated"):
+            acceptance = stats["accepted"] / stats["rated"]
+            metrics["acceptance"].set(acceptance, tags={"model_version": version})

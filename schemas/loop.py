@@ -98,3 +98,37 @@ class LoopConfig(StrictModel):
     finetune: FinetuneSettings
     evaluate: EvalSettings = Field(default_factory=EvalSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
+
+
+class CuratedExample(StrictModel):
+    """A correction fit to train on (``core.loop.curation.Example``), with its sources."""
+
+    prompt: str = Field(description="The served prompt, in the model's chat template.")
+    answer: str = Field(description="The corrected answer.")
+    event_ids: list[str] = Field(description="Served-output and feedback events it came from.")
+    users: list[str] = Field(default_factory=list)
+    key: str = Field(description="Content hash of prompt and answer (stable split and ids).")
+
+
+class QuarantinedCorrection(StrictModel):
+    """A correction never trained on, and why (``core.loop.curation``'s rules)."""
+
+    reason: str = Field(description="instruction, link, spam, flood or outlier.")
+    prompt: str
+    answer: str
+    user: str | None = None
+    event_ids: list[str]
+
+
+class FeedbackSnapshotConfig(StrictModel):
+    """The publishing job's recipe (``python -m jobs.feedback_snapshot``), written by the
+    controller: the examples it curated, frozen at submission, so a retry publishes the same."""
+
+    schema_version: Literal[1] = 1
+    loop: LoopConfig
+    upto: int = Field(ge=0, description="Consumer candidates these examples cover.")
+    examples: list[CuratedExample]
+    quarantined: list[QuarantinedCorrection] = Field(default_factory=list)
+    production_snapshot: str | None = Field(
+        None, description="The corpus production learned from (recorded for lineage)."
+    )

@@ -3,7 +3,8 @@
 A :class:`WordProfile` is a word-frequency profile (top words plus an "other" bucket) and the
 length distribution of a set of texts. :func:`drift_score` compares a live profile with the
 reference from the training snapshot: the Jensen-Shannon divergence of the word
-distributions (0 to 1, base 2) averaged with a bounded length shift.
+distributions (0 to 1, base 2) averaged with a bounded length shift. The reference of a
+snapshot (:func:`reference_profile`) is computed once and cached.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from core import storage
+from core.storage import Location
+from schemas.storage import StorageSettings
 
 _WORD = re.compile(r"[a-z0-9]+")
 OTHER = "\0other"
@@ -92,3 +97,27 @@ def drift_score(reference: WordProfile, live: WordProfile) -> dict[str, float]:
         "words_js": round(words, 4),
         "length_shift": round(lengths, 4),
     }
+
+
+def reference_profile(
+    snapshot_uri: str,
+    cache: Location,
+    settings: StorageSettings | None = None,
+    max_docs: int = 2000,
+) -> WordProfile:
+    """Word profile of a training snapshot's documents (decoded), cached under ``cache``."""
+    from core.data.snapshots import iter_documents, resolve_snapshot, snapshot_tokenizer
+
+    snap, manifest = resolve_snapshot(snapshot_uri, settings)
+    loc = cache.join(f"reference-{manifest.snapshot_id}.json")
+    if storage.exists(loc):
+        return WordProfile.from_json(storage.read_json(loc))
+    tokenizer = snapshot_tokenizer(snap, manifest).tokenizer
+    texts = []
+    for ids in iter_documents(snap, manifest):
+        texts.append(tokenizer.decode(ids, skip_special_tokens=True))
+        if len(texts) >= max_docs:
+            break
+    result = profile(texts).top(5000)
+    storage.write_json(loc, result.to_json())
+    return result

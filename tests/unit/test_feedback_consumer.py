@@ -89,13 +89,13 @@ def test_crash_mid_batch_resumes_from_the_committed_offset(
     cfg = loop_cfg(tmp_path / "chaos", tmp_path / "log")
     first = FeedbackConsumer(cfg)
     assert first.step(max_events=3) == 3  # committed
-    committed = dict(first.state["offset"])
+    committed = dict(first.state.offset)
     monkeypatch.setenv(faults.ENV, f"consumer.mid_batch=raise:{tmp_path / 'marker'}")
     with pytest.raises(faults.InjectedFault):
         first.step()  # dies after applying one event, before committing
     monkeypatch.delenv(faults.ENV)
     restarted = FeedbackConsumer(cfg)
-    assert first.state["offset"] != committed  # it had moved on in memory
+    assert first.state.offset != committed  # it had moved on in memory
     assert restarted.status()["offset"] == committed
     assert restarted.status()["events"] == 3  # the uncommitted event is not counted
     restarted.step()

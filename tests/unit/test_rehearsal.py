@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.controller import corpus_snapshot
 from core import storage
+from core.loop.recipes import corpus_snapshot
 from core.registry import ModelRegistry
 from jobs.train import tail_pieces
 from schemas.registry import Lineage, SnapshotRef
