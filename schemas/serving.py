@@ -1,10 +1,11 @@
-"""Serving: the deployment settings and the OpenAI-compatible request bodies."""
+"""Serving: the settings of the gateway and generator deployments (the OpenAI-compatible
+bodies are in :mod:`schemas.openai`)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from schemas.base import StrictModel
 from schemas.storage import StorageSettings
@@ -102,52 +103,3 @@ class ServeConfig(StrictModel):
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     event_wal_dir: str | None = Field(None, description="Local folder of the writer's WAL.")
-
-
-# ---------------------------------------------------------------------------------------------
-# OpenAI-compatible bodies. Strict: an unknown field is an error with its name, not ignored.
-
-
-class SamplingFields(StrictModel):
-    model: str = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
-    user: str | None = Field(None, max_length=256)
-    n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
-    stream_options: dict | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, value: str | list[str] | None) -> list[str] | None:
-        stops = [value] if isinstance(value, str) else value
-        if stops and (len(stops) > 4 or any(not s for s in stops)):
-            raise ValueError("stop takes up to 4 non-empty strings")
-        return stops
-
-
-class CompletionRequest(SamplingFields):
-    prompt: str = Field(min_length=1)
-
-
-class ChatMessage(StrictModel):
-    role: Literal["system", "user", "assistant"]
-    content: str
-    name: str | None = None
-
-
-class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
-
-
-class FeedbackRequest(StrictModel):
-    response_id: str = Field(min_length=1, max_length=128)
-    rating: int = Field(ge=1, le=5, description="1 (bad) to 5 (good).")
-    correction: str | None = Field(None, max_length=20_000)
-    user: str | None = Field(None, max_length=256)
-    session_id: str | None = Field(None, max_length=256)

@@ -5,10 +5,10 @@ multiplexed model id, Serve routes it to a replica that has it loaded when it ca
 replica keeps up to ``max_models_per_replica`` versions (least recently used out). So
 production and canary live side by side, and moving an alias needs no restart.
 
-The model runs through an :class:`Engine`, chosen by ``generator.engine``: ``hf``
-(:mod:`serve_apps.hf_engine`, PyTorch models decoded in batches) or ``vllm``
-(:mod:`serve_apps.vllm_engine`, continuous batching). The gateway, events, canary split and
-limits do not know which.
+The model runs through an engine (:class:`core.generation.engine.Engine`), chosen by
+``generator.engine``: ``hf`` (:mod:`serve_apps.hf_engine`, PyTorch models decoded in
+batches) or ``vllm`` (:mod:`serve_apps.vllm_engine`, continuous batching). The gateway,
+events, canary split and limits do not know which.
 """
 
 from __future__ import annotations

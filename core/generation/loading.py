@@ -13,11 +13,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from core.registry import ModelRegistry
+
+if TYPE_CHECKING:  # torch is imported by whoever builds a model, not by a fetch
+    import torch
 
 
 @dataclass

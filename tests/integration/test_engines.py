@@ -19,6 +19,8 @@ from schemas.serving import GeneratorSettings
 from tests.tinymodel import make_lora_adapter, make_tiny_model
 
 pytestmark = pytest.mark.slow
+# Strong enough to change greedy answers of the tiny model, which repeats itself.
+PENALTIES = {"presence_penalty": 1.5, "frequency_penalty": 1.0}
 PROMPTS = ["The Heron H2", "What is the warranty?", "Reset the thermostat", "battery life"]
 
 
@@ -43,12 +45,13 @@ def clean_env():
     os.environ.update(saved)
 
 
-def hf_greedy(registry: ModelRegistry, ref: str, max_tokens: int) -> list[str]:
+def hf_greedy(registry: ModelRegistry, ref: str, max_tokens: int, **penalties: float) -> list[str]:
     loaded = load_version(registry, ref, torch.float32)
+    params = SamplingParams(max_tokens, temperature=0, **penalties)
     out = []
     for prompt in PROMPTS:
         ids = loaded.tokenizer(prompt).input_ids
-        decoder = BatchDecoder(loaded, [ids], [SamplingParams(max_tokens, temperature=0)])
+        decoder = BatchDecoder(loaded, [ids], [params])
         text = ""
         while not decoder.done:
             text += decoder.step()[0].text
@@ -73,6 +76,7 @@ def test_vllm_agrees_with_hf_and_serves_lora_on_its_base(registry, clean_env) ->
     settings = GeneratorSettings(engine="vllm", num_cpus=1, vllm={"enforce_eager": True})
     tokenizer = load_version(registry, "tiny:1", torch.float32).tokenizer
     expected = {ref: hf_greedy(registry, ref, 12) for ref in ("tiny:1", "tiny:2")}
+    expected["penalized"] = hf_greedy(registry, "tiny:1", 12, **PENALTIES)
 
     async def run() -> dict:
         engine = VLLMEngine(registry, settings)
@@ -89,6 +93,19 @@ def test_vllm_agrees_with_hf_and_serves_lora_on_its_base(registry, clean_env) ->
                 )
                 for p in PROMPTS
             ]
+        got["penalized"] = [
+            await collect(
+                engine,
+                base,
+                {
+                    "prompt_ids": tokenizer(p).input_ids,
+                    "max_tokens": 12,
+                    "temperature": 0,
+                    **PENALTIES,
+                },
+            )
+            for p in PROMPTS
+        ]
         sampled = {"prompt_ids": tokenizer("The").input_ids, "max_tokens": 12, "temperature": 1}
         got["seeded"] = [await collect(engine, base, {**sampled, "seed": 7}) for _ in range(2)]
         first = got["tiny:1"][0][0]
@@ -112,13 +129,14 @@ def test_vllm_agrees_with_hf_and_serves_lora_on_its_base(registry, clean_env) ->
         return got
 
     got = asyncio.run(run())
-    for ref in ("tiny:1", "tiny:2"):
+    for ref in ("tiny:1", "tiny:2", "penalized"):
         for want, (text, tokens, finish) in zip(expected[ref], got[ref], strict=True):
             # Exactly the same tokens. Texts compare without U+FFFD: mid-character byte
             # tokens decode to it in HF, while vLLM holds them back until they complete.
             assert text.replace("\ufffd", "") == want.replace("\ufffd", "")
             assert tokens == 12 and finish == "length"
     assert got["tiny:1"] != got["tiny:2"]  # the adapter changes the answers
+    assert got["penalized"] != got["tiny:1"]  # both engines apply OpenAI's penalties alike
     assert got["seeded"][0] == got["seeded"][1]
     text, _, finish = got["stopped"]
     assert finish == "stop" and got["stop_string"] not in text

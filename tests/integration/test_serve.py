@@ -144,6 +144,11 @@ def test_openai_client_completions_and_chat(server) -> None:
         model="tiny:1", prompt="x", max_tokens=500, temperature=0.8, seed=3, stop=["zzzz"]
     )
     assert long.usage.completion_tokens <= 16
+    # OpenAI's penalties are applied (not accepted and ignored): the engines' tests check how.
+    penalized = c.completions.create(
+        model="tiny:1", prompt="x", max_tokens=8, presence_penalty=1.5, frequency_penalty=0.5
+    )
+    assert penalized.choices[0].finish_reason in ("length", "stop")
 
 
 def test_streaming_matches_and_ends_cleanly(server) -> None:
@@ -188,6 +193,10 @@ def test_auth_limits_and_bad_input(server) -> None:
     assert r.status_code == 422 and "max_tokens" in r.json()["error"]["message"]
     r = http.post(f"{base}/v1/completions", json={**body, "bogus": 1}, headers=good)
     assert r.status_code == 422 and "bogus" in r.json()["error"]["message"]
+    r = http.post(f"{base}/v1/completions", json={**body, "presence_penalty": 3}, headers=good)
+    assert r.status_code == 422 and "presence_penalty" in r.json()["error"]["message"]
+    r = http.post(f"{base}/v1/completions", json={**body, "stream_options": {"x": 1}}, headers=good)
+    assert r.status_code == 422 and "stream_options.x" in r.json()["error"]["message"]
     r = http.post(f"{base}/v1/completions", json={**body, "model": "nope"}, headers=good)
     assert r.status_code == 404
     r = http.post(f"{base}/v1/feedback", json={"response_id": "x", "rating": 9}, headers=good)
@@ -298,7 +307,9 @@ def _replicas(app: str) -> list:
     from ray.util.state import list_actors
 
     handles = []
-    for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+    # This session's cluster by its address: other local Ray instances make "auto" ambiguous.
+    address = ray.get_runtime_context().gcs_address
+    for a in list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000):
         if a.name and a.name.startswith(f"SERVE_REPLICA::{app}#Generator"):
             # A replica listed alive may be gone by the time it is looked up (scaling down).
             with contextlib.suppress(ValueError):
