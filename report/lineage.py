@@ -1,18 +1,23 @@
 """The lineage graph of the operator's report: raw data and feedback -> snapshots -> versions.
 
 Merges the registry's lineage walks of a model's versions into one graph, lays it out in
-columns (inputs left of what they feed) and draws it as inline SVG. Large inputs are
-summarised: a few raw files per snapshot, and one node for a snapshot's feedback events.
+columns (inputs left of what they feed) and draws it as inline SVG with the template
+``templates/lineage.svg``. Large inputs are summarised: a few raw files per snapshot, and one
+node for a snapshot's feedback events. The layout is a few lines of pure code: Graphviz would
+be a native tool to install, and NetworkX's layouts do not know that data flows left to right
+in stages.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from html import escape
 from typing import Any
 
-from report.charts import natural, svg
+from markupsafe import Markup
+
+from report.numbers import natural
+from report.render import render
 
 KIND_COLORS = {
     "raw": "#9c755f",
@@ -149,60 +154,51 @@ def _barycentre(key: str, succs: dict, row: dict[str, float]) -> float:
     return sum(rows) / len(rows) if rows else -1.0
 
 
-def lineage_svg(g: Graph) -> str:
+def lineage_svg(g: Graph) -> Markup:
+    """The graph as one SVG: columns of nodes, curved edges into what they feed, a legend."""
     pos = layout(g)
-    columns = max(c for c, _ in pos.values()) + 1
-    per_col = defaultdict(int)
+    per_col: dict[int, int] = defaultdict(int)
     for c, _ in pos.values():
         per_col[c] += 1
     tallest = max(per_col.values())
-    width = 24 + columns * (NODE_W + COL_GAP) - COL_GAP + 24
-    height = 60 + tallest * (NODE_H + ROW_GAP) + 10
 
     def xy(k: str) -> tuple[float, float]:
         c, r = pos[k]
         offset = (tallest - per_col[c]) * (NODE_H + ROW_GAP) / 2
         return 24 + c * (NODE_W + COL_GAP), 60 + offset + r * (NODE_H + ROW_GAP)
 
-    parts = [
-        '<defs><marker id="lineage-arrow" viewBox="0 0 8 8" refX="8" refY="4" markerWidth="7" '
-        'markerHeight="7" orient="auto"><path d="M0,0 L8,4 L0,8 z" fill="#999"/></marker></defs>'
-    ]
     kinds = {n["kind"] for n in g.nodes.values()}
-    x = 12
+    legend, x = [], 12
     for kind, color in KIND_COLORS.items():
         if kind in kinds:
-            label = kind.replace("_", " ")
-            parts.append(
-                f'<rect x="{x}" y="32" width="12" height="10" fill="{color}"/>'
-                f'<text x="{x + 16}" y="41" font-size="11">{label}</text>'
-            )
-            x += 36 + 7 * len(label)
-    for a, b in sorted(g.edges):
-        (ax, ay), (bx, by) = xy(a), xy(b)
-        x1, y1, x2, y2 = ax + NODE_W, ay + NODE_H / 2, bx, by + NODE_H / 2
-        mid = (x1 + x2) / 2
-        parts.append(
-            f'<path d="M{x1:.0f},{y1:.0f} C{mid:.0f},{y1:.0f} {mid:.0f},{y2:.0f} '
-            f'{x2 - 1:.0f},{y2:.0f}" fill="none" stroke="#999" stroke-width="1.3" '
-            'marker-end="url(#lineage-arrow)"/>'
-        )
-    for k, n in g.nodes.items():
-        parts.append(_node_svg(*xy(k), n))
-    title = "Lineage: raw data and feedback → snapshots → versions"
-    return f'<div class="graph">{svg("lineage", title, parts, width, height)}</div>'
-
-
-def _node_svg(x: float, y: float, n: dict[str, str]) -> str:
-    color = KIND_COLORS.get(n["kind"], "#777")
-    label = n["label"] if len(n["label"]) <= 27 else n["label"][:26] + "…"
-    sub = n["sub"] if len(n["sub"]) <= 32 else n["sub"][:31] + "…"
-    return (
-        f'<g><title>{escape(n["tip"])}</title><rect x="{x:.0f}" y="{y:.0f}" width="{NODE_W}" '
-        f'height="{NODE_H}" rx="5" fill="#fff" stroke="{color}" stroke-width="1.5"/>'
-        f'<rect x="{x:.0f}" y="{y:.0f}" width="5" height="{NODE_H}" fill="{color}"/>'
-        f'<text x="{x + 11:.0f}" y="{y + 15:.0f}" font-size="12" font-weight="600">'
-        f"{escape(label)}</text>"
-        f'<text x="{x + 11:.0f}" y="{y + 29:.0f}" font-size="10.5" fill="#555">'
-        f"{escape(sub)}</text></g>"
+            legend.append({"x": x, "color": color, "label": kind.replace("_", " ")})
+            x += 36 + 7 * len(legend[-1]["label"])
+    return render(
+        "lineage.svg",
+        title="Lineage: raw data and feedback → snapshots → versions",
+        width=24 + (max(c for c, _ in pos.values()) + 1) * (NODE_W + COL_GAP) - COL_GAP + 24,
+        height=60 + tallest * (NODE_H + ROW_GAP) + 10,
+        legend=legend,
+        edges=[_edge(xy(a), xy(b)) for a, b in sorted(g.edges)],
+        nodes=[_node(*xy(k), n) for k, n in g.nodes.items()],
+        node_w=NODE_W,
+        node_h=NODE_H,
     )
+
+
+def _edge(a: tuple[float, float], b: tuple[float, float]) -> str:
+    """An edge's path: from the right of one node to the left of the next, as an S curve."""
+    x1, y1, x2, y2 = a[0] + NODE_W, a[1] + NODE_H / 2, b[0], b[1] + NODE_H / 2
+    mid = (x1 + x2) / 2
+    return f"M{x1:.0f},{y1:.0f} C{mid:.0f},{y1:.0f} {mid:.0f},{y2:.0f} {x2 - 1:.0f},{y2:.0f}"
+
+
+def _node(x: float, y: float, n: dict[str, str]) -> dict[str, Any]:
+    return {
+        "x": round(x),
+        "y": round(y),
+        "color": KIND_COLORS.get(n["kind"], "#777"),
+        "label": n["label"] if len(n["label"]) <= 27 else n["label"][:26] + "…",
+        "sub": n["sub"] if len(n["sub"]) <= 32 else n["sub"][:31] + "…",
+        "tip": n["tip"],
+    }

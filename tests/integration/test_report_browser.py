@@ -26,11 +26,12 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-# For every plot: its bounding box and how many shapes it draws.
+# For every plot: its bounding box, how many shapes it draws and its visible title text.
 MEASURE = """() => [...document.querySelectorAll('svg[data-plot]')].map(svg => {
   const box = svg.getBoundingClientRect();
   return {name: svg.dataset.plot, width: box.width, height: box.height,
-          shapes: svg.querySelectorAll('path, rect, circle').length};
+          shapes: svg.querySelectorAll('path, rect, circle').length,
+          texts: [...svg.querySelectorAll('text')].map(t => t.textContent)};
 })"""
 
 
@@ -59,6 +60,7 @@ def test_report_renders_in_chromium(tmp_path: Path) -> None:
     for plot in plots:
         assert plot["width"] > 100 and plot["height"] > 100, plot
         assert plot["shapes"] > 0, plot
+        assert any(text.strip() for text in plot["texts"]), plot  # labels are text, not paths
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000
     width, height = struct.unpack(">II", png[16:24])

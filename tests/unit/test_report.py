@@ -13,8 +13,9 @@ from cli.main import COMMANDS, app
 from core import storage
 from core.events import EventLog
 from core.registry import ModelRegistry
-from report.charts import buckets, nice_ticks, percentile
+from report.charts import line_chart
 from report.lineage import layout, lineage_graph
+from report.numbers import buckets, percentile, round_edges
 from report.page import build_report, write_report
 from schemas.events import Feedback, ServedOutput
 from schemas.registry import Lineage, SnapshotRef
@@ -255,6 +256,14 @@ def test_every_section_is_drawn(html: str) -> None:
     evaluation = _svg(html, "eval-feedback_loss")
     assert "m:2 vs m:1" in evaluation and "promoted" in evaluation and "rejected" in evaluation
     assert "m:1" in _svg(html, "feedback-rating") and "m:2" in _svg(html, "feedback-rating")
+    # hover titles: on each bar, on each marker of a sparse line, on each histogram bin
+    assert "<title>m:2 vs m:1 candidate: 1.9</title>" in evaluation
+    assert _svg(html, "training-loss").count("<title>m:2: ") == 12
+    assert re.search(r"<title>\d+–\d+: \d+</title>", _svg(html, "serving-latency-hist"))
+    # the inline SVGs share the page's id space: no id twice, every reference resolves
+    ids = re.findall(r'\sid="([^"]+)"', html)
+    assert len(ids) == len(set(ids))
+    assert set(re.findall(r'(?:url\(#|href="#)([^)"]+)', html)) <= set(ids)
 
 
 def test_lineage_layers_and_summaries(store: dict[str, str], html: str) -> None:
@@ -274,6 +283,7 @@ def test_lineage_layers_and_summaries(store: dict[str, str], html: str) -> None:
 def test_strings_are_escaped_and_nothing_is_fetched(html: str) -> None:
     assert "<script" not in html
     assert "&lt;script&gt;" in html
+    assert "&lt;script&gt;" in _svg(html, "version-counts")  # a version label, drawn as text
     assert not re.search(r'(src|href)="(?!#)|@import|url\((?!#)', html)
 
 
@@ -314,7 +324,7 @@ def test_partial_sources_render(tmp_path: Path) -> None:
         "lineage",
     ):
         assert re.search(r"<(path|rect|circle)\b", _svg(html, name)), name
-    assert "No model &#x27;nope&#x27; in the registry" in build_report(
+    assert "No model &#39;nope&#39; in the registry" in build_report(
         str(tmp_path / "registry"), str(tmp_path / "events"), None, model="nope"
     )
 
@@ -326,12 +336,20 @@ def test_write_report(tmp_path: Path) -> None:
 
 
 def test_helpers() -> None:
-    assert nice_ticks(0.3, 4.2) == [0, 1, 2, 3, 4, 5]
-    assert nice_ticks(2, 2)[0] < 2 < nice_ticks(2, 2)[-1]
+    assert round_edges(0.3, 4.2) == [0, 1, 2, 3, 4, 5]
+    assert round_edges(2, 2)[0] < 2 < round_edges(2, 2)[-1]
     assert percentile([5, 1, 3, 2, 4], 50) == 3 and percentile([7], 95) == 7
     start, width = buckets([0.0, 3600.0])
     assert width == 300 and start == 0
     assert lineage_graph([]).nodes == {}
+
+
+def test_charts_are_deterministic() -> None:
+    series = {"a": [(1.0, 2.0), (2.0, 1.5)], EVIL: [(1.0, 3.0), (3.0, 1.0)]}
+    first = line_chart("c", "Chart", series, x_label="x", y_label="y")
+    assert first == line_chart("c", "Chart", series, x_label="x", y_label="y")
+    assert first.startswith('<svg class="plot" data-plot="c"') and "<script" not in first
+    assert "&lt;script&gt;" in first and "<metadata>" not in first
 
 
 def test_cli_report(tmp_path: Path) -> None:
