@@ -19,8 +19,6 @@ _RAY_ENV_DEFAULTS = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DEDUP_LOGS": "1",
     "TOKENIZERS_PARALLELISM": "true",
-    # vLLM logs through its own handler in the Serve replica; keep it to warnings there.
-    "VLLM_LOGGING_LEVEL": "WARNING",
 }
 # Ray keeps its sockets under its temp folder, and a Unix socket path has at most 107 bytes:
 # the session folder and socket names take about 64 of them.
