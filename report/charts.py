@@ -176,18 +176,8 @@ def line_chart(
                 c.tip(line, *(f"{label}: {fmt(y)}" for _, y in pts))
         pad = (hi - lo) * 0.05 or 1
         c.ax.set_ylim(lo - pad if lo else lo, hi + pad)
-        if time_x:  # a margin keeps the first and last buckets off the axes
-            xs = [x for pts in series.values() for x, _ in pts]
-            pad = max(max(xs) - min(xs), 60) * 0.03
-            c.ax.set_xlim(_x(min(xs) - pad, True), _x(max(xs) + pad, True))
-            x_label += datetime.fromtimestamp(min(xs), UTC).strftime(", from %Y-%m-%d")
-            locator = AutoDateLocator(tz=UTC, maxticks=8)
-            c.ax.xaxis.set_major_locator(locator)
-            c.ax.xaxis.set_major_formatter(
-                DateFormatter("%H:%M:%S", tz=UTC)  # seconds apart: say which minute
-                if max(xs) - min(xs) < 600
-                else ConciseDateFormatter(locator, tz=UTC, show_offset=False)
-            )
+        if time_x:
+            x_label += _time_axis(c.ax, [x for pts in series.values() for x, _ in pts])
         if percent:
             _percent_axis(c.ax)
         c.finish(x_label, y_label)
@@ -196,6 +186,21 @@ def line_chart(
 
 def _x(x: float, time_x: bool) -> float | datetime:
     return datetime.fromtimestamp(x, UTC) if time_x else x
+
+
+def _time_axis(ax: Axes, xs: list[float]) -> str:
+    """UTC times along x, with a margin that keeps the first and last buckets off the axes;
+    returns what the axis label adds: the first day."""
+    pad = max(max(xs) - min(xs), 60) * 0.03
+    ax.set_xlim(_x(min(xs) - pad, True), _x(max(xs) + pad, True))
+    locator = AutoDateLocator(tz=UTC, maxticks=8)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(
+        DateFormatter("%H:%M:%S", tz=UTC)  # seconds apart: say which minute
+        if max(xs) - min(xs) < 600
+        else ConciseDateFormatter(locator, tz=UTC, show_offset=False)
+    )
+    return datetime.fromtimestamp(min(xs), UTC).strftime(", from %Y-%m-%d")
 
 
 def bar_chart(
