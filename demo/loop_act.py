@@ -200,19 +200,41 @@ def _report(
         result.heldout[ref] = f"accuracy {right}/{len(heldout)} = {right / len(heldout):.0%}"
         log.info("  %-12s %s", ref, result.heldout[ref])
     if child:
-        log.info(_lineage(registry, child))
+        log.info(lineage_text(registry, child))
     return result
 
 
-def _lineage(registry: ModelRegistry, ref: str) -> str:
-    """``ref``'s lineage as indented lines, feedback event ids counted rather than listed."""
+def lineage_text(registry: ModelRegistry, ref: str) -> str:
+    """``ref``'s lineage as indented lines; a run of raw input files is one line, feedback
+    event ids are counted rather than listed."""
     nodes = registry.lineage(ref)
-    lines = [f"Lineage of {ref}:"]
+    lines, events, raw = [f"Lineage of {ref}:"], 0, []
+
+    def flush_raw() -> None:
+        if len(raw) == 1:
+            lines.append(_node_line(raw[0]))
+        elif raw:
+            files = f"{raw[0]['id']}, ..., {raw[-1]['id']}"
+            lines.append(f"  {'  ' * raw[0]['depth']}raw: {len(raw)} input files ({files})")
+        raw.clear()
+
     for node in nodes:
-        detail = node["detail"] if node["kind"] != "source" else ""
-        if node["kind"] == "source" and node["id"][:16].isalnum() and len(node["id"]) == 32:
-            continue  # event ids: counted below rather than listed
-        lines.append(f"  {'  ' * node['depth']}{node['kind']}: {node['id']}  {detail}")
-    events = [n for n in nodes if n["kind"] == "source"]
-    lines.append(f"  ... and {len(events)} feedback sources (event ids) behind it")
+        if node["kind"] == "raw" and (not raw or raw[0]["depth"] == node["depth"]):
+            raw.append(node)
+            continue
+        flush_raw()
+        if node["kind"] == "raw":
+            raw.append(node)
+        elif node["kind"] == "source" and node["id"][:16].isalnum() and len(node["id"]) == 32:
+            events += 1  # event ids: counted below rather than listed
+        else:
+            lines.append(_node_line(node))
+    flush_raw()
+    if events:
+        lines.append(f"  ... and {events} feedback sources (event ids) behind it")
     return "\n".join(lines)
+
+
+def _node_line(node: dict) -> str:
+    detail = node["detail"] if node["kind"] != "source" else ""
+    return f"  {'  ' * node['depth']}{node['kind']}: {node['id']}  {detail}".rstrip()

@@ -35,7 +35,7 @@ from core.logs import library_output_to_log, logs_dir, setup_logging
 from core.registry import ModelRegistry
 from core.storage import resolve
 from demo.corpus import PlantedTruth, generate_corpus
-from demo.loop_act import LoopActResult, run_loop_demo
+from demo.loop_act import LoopActResult, lineage_text, run_loop_demo
 from demo.model import prepare_demo_model
 from jobs.ingest import run_ingest
 from jobs.runtime import Progress, init_ray
@@ -187,6 +187,18 @@ def account(planted: PlantedTruth, manifest: SnapshotManifest) -> list[Accountin
     return rows
 
 
+def compact_pii(rows: list[Accounting]) -> list[Accounting]:
+    """The PII rows as one when every kind was found (the terminal stays short); otherwise
+    each kind, so a miss shows which."""
+    pii = [r for r in rows if r.what.startswith("PII: ")]
+    if not pii or not all(r.ok for r in pii):
+        return rows
+    total = Accounting(
+        f"PII: {len(pii)} kinds", sum(r.planted for r in pii), sum(r.found for r in pii)
+    )
+    return [r for r in rows if r not in pii] + [total]
+
+
 def surviving_pii(snapshot, manifest: SnapshotManifest, planted: PlantedTruth) -> list[str]:
     """Planted PII values still present in the decoded snapshot (should be none)."""
     tokenizer = snapshot_tokenizer(snapshot, manifest).tokenizer
@@ -202,7 +214,7 @@ def summary(
     progress: Progress, planted: PlantedTruth, manifest: SnapshotManifest, leaks: list[str]
 ) -> None:
     lines = ["Planted defects vs what ingest accounted for:"]
-    for r in account(planted, manifest):
+    for r in compact_pii(account(planted, manifest)):
         mark = "ok" if r.ok else "MISSED"
         lines.append(f"  {r.what:<32} planted {r.planted:>5}  found {r.found:>5}  {mark}")
     lines.append(f"  planted PII strings left in the decoded shards: {len(leaks)}")
@@ -231,9 +243,7 @@ def training_summary(progress: Progress, registry: ModelRegistry, version: Model
         f"MFU {m.get('mfu', 0):.1%}, trainable {m.get('trainable_params', 0):,} of "
         f"{m.get('params', 0):,} parameters"
     )
-    lines.append(f"Lineage of {version.ref}:")
-    for node in registry.lineage(version.ref)[:14]:
-        lines.append(f"  {'  ' * node['depth']}{node['kind']}: {node['id']}  {node['detail']}")
+    lines.append(lineage_text(registry, version.ref))
     log.info("\n".join(lines))
     progress.say(
         f"registered {version.ref} ({version.format}"
