@@ -136,11 +136,17 @@ def load_state(raw: dict[str, Any] | None) -> LoopState:
 
 
 def dump_state(state: LoopState) -> dict[str, Any]:
-    """The JSON document persisted and returned by ``status()``; ``current`` is ``{}`` when
-    idle, as callers have always read it."""
-    body = state.model_dump(mode="json")
-    body["current"] = body["current"] or {}
+    """The JSON document persisted and returned by ``status()``, shaped as callers have
+    always read it: ``current`` is ``{}`` when idle, and a cycle holds only the fields it
+    has reached (``"examples" in cycle`` says it got as far as publishing)."""
+    body = state.model_dump(mode="json", exclude={"current", "history"})
+    body["current"] = _cycle_json(state.current) if state.current else {}
+    body["history"] = [_cycle_json(c) for c in state.history]
     return body
+
+
+def _cycle_json(cycle: Cycle) -> dict[str, Any]:
+    return cycle.model_dump(mode="json", exclude_none=True)
 
 
 # -- transitions -------------------------------------------------------------------------------
