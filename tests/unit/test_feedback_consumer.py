@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from actors.feedback import FeedbackConsumer
-from core import faults
+from core import faults, storage
 from core.events import EventLog
 from schemas.events import Feedback, ServedOutput
 from tests.tinymodel import served_output
@@ -100,3 +100,16 @@ def test_crash_mid_batch_resumes_from_the_committed_offset(
     assert restarted.status()["events"] == 3  # the uncommitted event is not counted
     restarted.step()
     assert restarted.snapshot_state() == clean.snapshot_state()
+
+
+def test_a_state_file_from_before_the_typed_state_is_read(tmp_path: Path) -> None:
+    build_log(tmp_path / "log")
+    c = FeedbackConsumer(loop_cfg(tmp_path, tmp_path / "log"))
+    c.step()
+    loc = c.root.join("state.json")
+    old = storage.read_json(loc)
+    old["version"] = old.pop("schema_version")  # the untyped consumer's key
+    storage.write_json(loc, old)
+    resumed = FeedbackConsumer(loop_cfg(tmp_path, tmp_path / "log"))
+    assert resumed.snapshot_state() == c.snapshot_state()
+    assert resumed.step() == 0
