@@ -116,10 +116,10 @@ class Usage(StrictModel):
 class CompletionChoice(StrictModel):
     """The text of a completion, whole or (streamed) the piece this chunk adds."""
 
-    index: int = 0
+    index: int = Field(0, description="Always 0: one choice per request.")
     text: str
     finish_reason: str | None = Field(description="stop or length; None until the last chunk.")
-    logprobs: None = None
+    logprobs: None = Field(None, description="Not computed: always null.")
 
 
 class Completion(StrictModel):
@@ -135,15 +135,19 @@ class Completion(StrictModel):
 
 
 class AssistantMessage(StrictModel):
+    """The generated message of a chat completion."""
+
     role: Literal["assistant"] = "assistant"
     content: str
 
 
 class ChatChoice(StrictModel):
-    index: int = 0
+    """The one choice of a chat completion (``n`` is 1)."""
+
+    index: int = Field(0, description="Always 0: one choice per request.")
     message: AssistantMessage
     finish_reason: str = Field(description="stop (EOS or a stop string) or length.")
-    logprobs: None = None
+    logprobs: None = Field(None, description="Not computed: always null.")
 
 
 class ChatCompletion(StrictModel):
@@ -171,10 +175,12 @@ class ChatDelta(StrictModel):
 
 
 class ChatChunkChoice(StrictModel):
-    index: int = 0
+    """The one choice of a streamed chat chunk."""
+
+    index: int = Field(0, description="Always 0: one choice per request.")
     delta: ChatDelta
     finish_reason: str | None = Field(description="stop or length; None until the last chunk.")
-    logprobs: None = None
+    logprobs: None = Field(None, description="Not computed: always null.")
 
 
 class ChatCompletionChunk(StrictModel):
@@ -198,6 +204,8 @@ class ModelCard(StrictModel):
 
 
 class ModelList(StrictModel):
+    """``GET /v1/models``: every registered name and its aliases."""
+
     object: Literal["list"] = "list"
     data: list[ModelCard]
 
@@ -211,6 +219,8 @@ class FeedbackAccepted(StrictModel):
 
 
 class ErrorDetail(StrictModel):
+    """What went wrong, in OpenAI's error shape."""
+
     message: str = Field(description="What went wrong and what to do.")
     type: str = Field(description="invalid_request_error, authentication_error, ...")
     code: int | None = Field(None, description="The HTTP status; None in a stream.")
