@@ -29,8 +29,8 @@ def test_terminal_gets_our_lines_and_the_file_gets_everything(
     path = setup_logging(tmp_path, bars=False)
     assert path == logs_dir(tmp_path) / LOG_FILE
     logging.getLogger("jobs.train").info("step 3/10")
-    logging.getLogger("ray.serve").info("Deployed app")
-    logging.getLogger("ray.serve").error("replica died")
+    logging.getLogger("otherlib.core").info("Deployed app")
+    logging.getLogger("otherlib.core").error("replica died")
     Progress("demo").say("step 1")
     err = capsys.readouterr().err
     assert "step 3/10" in err and "replica died" in err and "] step 1" in err
