@@ -49,6 +49,7 @@ def run_serve(config: Path, address: str | None, blocking: bool = True) -> str:
             build_app(app.get("args", {})),
             name=app["name"],
             route_prefix=app.get("route_prefix", "/"),
+            logging_config=serve_logging(),
         )
     url = f"http://{host}:{port}"
     if blocking:
@@ -62,22 +63,26 @@ def run_serve(config: Path, address: str | None, blocking: bool = True) -> str:
 
 
 def start_serve(host: str, port: int) -> None:
-    """Start Serve's controller and proxy on ``host:port``: no per-request access log, and
-    Serve's logs (controller, proxy, replicas, vLLM's) in files, under ``<home>/logs/serve``
-    where the home is local (else in Ray's log folder)."""
+    """Start Serve's controller and proxy on ``host:port`` with :func:`serve_logging`."""
     from ray import serve
+
+    from jobs.runtime import adopt_ray_loggers
+
+    serve.start(http_options={"host": host, "port": port}, logging_config=serve_logging())
+    adopt_ray_loggers()  # the driver's "ray.serve" logger: to the file, errors on the terminal
+
+
+def serve_logging() -> Any:
+    """Serve's logging for its controller, proxy and (passed to ``serve.run``) every
+    replica: no line per request, files under ``<home>/logs/serve`` where the home is local
+    (else Ray's log folder). vLLM's lines go to the replica's worker log."""
     from ray.serve.schema import LoggingConfig
 
     from core.logs import local_home, logs_dir
-    from jobs.runtime import adopt_ray_loggers
 
     home = local_home()
     folder = {"logs_dir": str(logs_dir(home) / "serve")} if home else {}
-    serve.start(
-        http_options={"host": host, "port": port},
-        logging_config=LoggingConfig(enable_access_log=False, **folder),
-    )
-    adopt_ray_loggers()  # the driver's "ray.serve" logger: to the file, errors on the terminal
+    return LoggingConfig(enable_access_log=False, **folder)
 
 
 @events_app.command("tail", help="Show events as they arrive.")

@@ -291,7 +291,7 @@ def start_serving(home: Path, app: dict[str, Any], model: str, engine: str, prel
 
     from ray import serve
 
-    from cli.serving import start_serve
+    from cli.serving import serve_logging, start_serve
     from jobs.runtime import free_port
     from serve_apps.app import build_app
 
@@ -307,7 +307,7 @@ def start_serving(home: Path, app: dict[str, Any], model: str, engine: str, prel
     }
     port = free_port()
     start_serve("127.0.0.1", port)
-    serve.run(build_app(args), name="flywheel", route_prefix="/")
+    serve.run(build_app(args), name="flywheel", route_prefix="/", logging_config=serve_logging())
     return Served(f"http://127.0.0.1:{port}", key, str(home / "store" / "events"), engine)
 
 
