@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# Registered in serve_apps/gateway.py and serve_apps/generator.py.
+# Registered in serve_apps/telemetry.py and serve_apps/generator.py.
 SERVING_METRIC_NAMES = (
     "flywheel_requests_total",
     "flywheel_request_errors_total",
