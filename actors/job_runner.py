@@ -59,16 +59,30 @@ class RayJobRunner:
 
 
 def job_address(configured: str | None) -> str:
-    """The job API address: configured, else RAY_ADDRESS if it is HTTP, else this Ray's
-    dashboard (the local cluster)."""
+    """The job API address: configured, else RAY_ADDRESS if it is HTTP, else the dashboard of
+    the Ray cluster this process is connected to."""
     if configured:
         return configured
     env = os.environ.get("RAY_ADDRESS", "")
     if env.startswith("http"):
         return env
-    import ray
-
-    url = ray._private.worker.get_dashboard_url() if ray.is_initialized() else None
+    url = _connected_dashboard()
     if url:
         return url if url.startswith("http") else f"http://{url}"
     return "http://127.0.0.1:8265"
+
+
+def _connected_dashboard() -> str | None:
+    """The dashboard address the cluster's GCS holds. Asked of the GCS, not of this process's
+    node: inside an actor there is no local node record, and guessing port 8265 sent jobs to
+    another cluster whenever a second Ray on the machine held that port."""
+    import ray
+    from ray._private import ray_constants
+    from ray.experimental import internal_kv
+
+    if not ray.is_initialized():
+        return None
+    raw = internal_kv._internal_kv_get(
+        ray_constants.DASHBOARD_ADDRESS, namespace=ray_constants.KV_NAMESPACE_DASHBOARD
+    )
+    return raw.decode() if raw else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -240,3 +241,39 @@ def test_loop_recipe_and_cli_config_load(world) -> None:
     path = world["root"] / "loop.yaml"
     path.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
     assert load_config(LoopConfig, path) == cfg
+
+
+_HOLD_8265_THEN_ASK = """
+import socket, ray
+from actors.job_runner import job_address
+holder = socket.socket()
+holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    holder.bind(("127.0.0.1", 8265)); holder.listen()
+except OSError:
+    pass  # already held by another Ray: the dashboard moves all the same
+ray.init(address="local", num_cpus=1, include_dashboard=True, dashboard_host="127.0.0.1")
+in_worker = ray.get(ray.remote(num_cpus=0)(lambda: job_address(None)).remote())
+print(ray._private.worker.get_dashboard_url(), in_worker)
+ray.shutdown()
+"""
+
+
+def test_controller_finds_its_own_clusters_job_api(tmp_path) -> None:
+    """Inside a Ray worker (where the controller runs) the job API address is this cluster's,
+    also when another process holds the default port 8265 (another Ray on the machine): a
+    guess of 8265 once sent the loop's fine-tune to someone else's cluster. A private Ray in
+    a subprocess, since the shared one cannot be moved off its port."""
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": os.getcwd()}
+    out = subprocess.run(
+        [sys.executable, "-c", _HOLD_8265_THEN_ASK],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=True,
+    )
+    dashboard, in_worker = out.stdout.split()[-2:]
+    assert not dashboard.endswith(":8265")
+    assert in_worker == f"http://{dashboard}"
