@@ -13,9 +13,10 @@ Steps so far:
 5. serve the registered version behind the OpenAI-compatible gateway (Ray Serve; the vLLM
    engine, or Hugging Face when vLLM is not installed), start the engine, ask it questions
    about the product with the OpenAI client, and show the events that were logged;
-6. run the feedback loop: simulated users ask, rate and correct; the loop fine-tunes,
-   evaluates, canaries and promotes by itself; the demo compares parent and child on
-   held-out questions and prints the promoted version's lineage (see ``demo/loop_act.py``).
+6. run the feedback loop: simulated users ask and rate, and some correct; the loop
+   fine-tunes, evaluates, canaries and promotes by itself; the demo compares parent and child
+   on held-out questions about the corrected and the uncorrected facts, says how long the
+   cycle took, and prints the promoted version's lineage (see ``demo/loop_act.py``).
 """
 
 from __future__ import annotations
@@ -137,10 +138,19 @@ def closing_summary(
         f"  served    {right[0]}/{right[1]} sample questions answered right",
     ]
     if loop is not None:
-        lines.append(f"  loop      {loop.outcome}")
-        lines += [f"  held-out  {ref:<12} {acc}" for ref, acc in loop.heldout.items()]
+        lines += loop_lines(loop)
     lines += [f"  report    {report}", f"  logs      {logs_dir(home)}/"]
     log.info("\n".join(lines))
+
+
+def loop_lines(loop: LoopActResult) -> list[str]:
+    """The closing act's summary lines: its outcome, the cycle's time by phase, and each
+    version's accuracy on held-out phrasings of the corrected and the uncorrected facts."""
+    lines = [f"  loop      {loop.outcome}"]
+    if loop.cycle is not None:
+        lines.append(f"  cycle     {loop.cycle}")
+    lines += [f"  held-out  {ref:<12} {acc}" for ref, acc in loop.heldout.items()]
+    return lines
 
 
 def write_demo_report(home: Path, registry_uri: str, events_uri: str, model: str) -> str:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from demo.run import Accounting, compact_pii
+from demo.loop_act import Accuracy, LoopActResult
+from demo.run import Accounting, compact_pii, loop_lines
 
 
 def test_pii_rows_fold_into_one_when_every_kind_was_found() -> None:
@@ -17,3 +18,26 @@ def test_a_missed_pii_kind_keeps_every_row() -> None:
 
 def _pii(found_email: int) -> list[Accounting]:
     return [Accounting("PII: EMAIL", 4, found_email), Accounting("PII: IBAN", 5, 5)]
+
+
+def test_loop_lines_show_the_cycle_time_and_both_heldout_sets() -> None:
+    loop = LoopActResult(
+        "promoted demo:2: canary rated as well as production",
+        corrected={"demo:1": Accuracy(5, 47), "demo:2": Accuracy(30, 47)},
+        uncorrected={"demo:1": Accuracy(20, 68), "demo:2": Accuracy(22, 68)},
+        cycle_s=316.0,
+        phases_s={"publish": 21.0, "fine-tune": 180.0, "evaluate": 61.0, "canary": 52.0},
+    )
+    assert loop_lines(loop) == [
+        "  loop      promoted demo:2: canary rated as well as production",
+        "  cycle     316s from trigger to outcome: publish 21s, fine-tune 180s, evaluate 61s, "
+        "canary 52s",
+        "  held-out  demo:1       corrected facts 5/47 = 11%    uncorrected facts 20/68 = 29%",
+        "  held-out  demo:2       corrected facts 30/47 = 64%   uncorrected facts 22/68 = 32%",
+    ]
+
+
+def test_loop_lines_without_a_finished_cycle() -> None:
+    assert loop_lines(LoopActResult("no cycle finished in time")) == [
+        "  loop      no cycle finished in time"
+    ]
