@@ -103,7 +103,7 @@ class LoopController:
         drift = self._drift(production)
         decision = self.policy.decide(
             PolicyInput(
-                new_examples=len(pending["examples"]),
+                new_examples=len(pending["examples"]) + len(pending.get("rated", [])),
                 acceptance=stats.get("window_acceptance"),
                 rated=stats.get("window_rated", 0),
                 drift=drift["score"] if drift else None,
@@ -119,7 +119,11 @@ class LoopController:
             self.state = machine.triggered(
                 self.state, decision.reason, production, pending["upto"], time.time()
             )
-            details = {"reason": decision.reason, "examples": len(pending["examples"])}
+            details = {
+                "reason": decision.reason,
+                "examples": len(pending["examples"]),
+                "rated": len(pending.get("rated", [])),
+            }
             self._audit("loop.trigger", details)
 
     def _job_phase(self, phase: JobPhase) -> None:
@@ -174,7 +178,7 @@ class LoopController:
 
     def _published(self, result: dict[str, Any]) -> None:
         self.state = machine.published(self.state, result, time.time())
-        self.consumer.mark_published(result["upto"])
+        self.consumer.mark_published(result["upto"], result.get("ratings_upto"))
         details = {k: result[k] for k in ("snapshot_id", "examples", "quarantined")}
         self._audit("loop.snapshot", details)
 

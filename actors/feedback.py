@@ -22,12 +22,13 @@ from typing import Any
 
 from core import faults, storage
 from core.events import EventLog, Offset
-from core.loop.curation import Candidate, curate
+from core.loop.curation import Candidate, Rating, curate, curate_ratings
 from core.loop.drift import WordProfile, drift_score
 from core.loop.feedback_state import (
     ConsumerState,
     CorrectionCandidate,
     FeedbackSummary,
+    RatingCandidate,
     ServedSummary,
     VersionCounters,
     load_consumer_state,
@@ -88,7 +89,12 @@ class FeedbackConsumer:
 
     def _served(self, e: ServedOutput, at: float) -> None:
         summary = ServedSummary(
-            event_id=e.event_id, version=e.model_version, prompt=e.prompt, user=e.user, at=at
+            event_id=e.event_id,
+            version=e.model_version,
+            prompt=e.prompt,
+            completion=e.completion,
+            user=e.user,
+            at=at,
         )
         self._stats(e.model_version).requests += 1
         profiles = self.state.profiles
@@ -120,6 +126,16 @@ class FeedbackConsumer:
         recent = deque(self.state.recent.get(version, []), maxlen=window)
         recent.append(int(accepted))
         self.state.recent[version] = list(recent)
+        self.state.ratings.append(
+            RatingCandidate(
+                prompt=served.prompt,
+                completion=served.completion,
+                rating=fb.rating,
+                user=fb.user or served.user,
+                event_ids=[served.event_id, fb.event_id],
+                model_version=version,
+            )
+        )
         if fb.correction:
             stats.corrections += 1
             self.state.candidates.append(
@@ -129,6 +145,7 @@ class FeedbackConsumer:
                     user=fb.user or served.user,
                     event_ids=[served.event_id, fb.event_id],
                     model_version=version,
+                    rejected=served.completion or None,
                 )
             )
 
@@ -167,20 +184,27 @@ class FeedbackConsumer:
         return stats
 
     def pending_examples(self) -> dict[str, Any]:
-        """Curated examples and quarantined items among candidates not yet published."""
+        """Curated examples (corrections), rated answers and the quarantined items among
+        candidates not yet published."""
         with self._lock:
-            upto = len(self.state.candidates)
+            upto, ratings_upto = len(self.state.candidates), len(self.state.ratings)
             fresh = self.state.candidates[self.state.published : upto]
+            rated = self.state.ratings[self.state.ratings_published : ratings_upto]
         examples, quarantined = curate(Candidate(**c.model_dump()) for c in fresh)
+        answers, held = curate_ratings(Rating(**r.model_dump()) for r in rated)
         return {
             "upto": upto,
+            "ratings_upto": ratings_upto,
             "examples": [asdict(e) | {"key": e.key} for e in examples],
-            "quarantined": [asdict(q) for q in quarantined],
+            "rated": [asdict(r) | {"key": r.key} for r in answers],
+            "quarantined": [asdict(q) for q in quarantined + held],
         }
 
-    def mark_published(self, upto: int) -> None:
+    def mark_published(self, upto: int, ratings_upto: int | None = None) -> None:
         with self._lock:
             self.state.published = max(self.state.published, upto)
+            if ratings_upto is not None:
+                self.state.ratings_published = max(self.state.ratings_published, ratings_upto)
             self._commit()
 
     def drift(self, version: str, reference: WordProfile) -> dict[str, float] | None:

@@ -30,8 +30,10 @@ def batch_tensors(
     num_pad: Iterable[int],
     mask_boundaries: bool = True,
     dtype: torch.dtype = torch.float32,
+    loss_mask: np.ndarray | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Model inputs for packed blocks.
+    """Model inputs for packed blocks; with ``loss_mask`` (1 where a token is a target, as
+    :func:`pack_examples` makes) only those tokens are targets.
 
     With ``mask_boundaries`` every document attends only to itself (a block-diagonal causal
     mask, additive, 4D) and position ids restart per document; the first token of a document
@@ -58,11 +60,49 @@ def batch_tensors(
                 labels[b, offset] = -100
             offset += seg
         allowed[b, real:, real:] = causal[: length - real, : length - real]
+    if loss_mask is not None:
+        labels[torch.as_tensor(np.asarray(loss_mask)) == 0] = -100
     out = {"input_ids": ids, "labels": labels, "position_ids": positions}
     if allowed is not None:
         mask = torch.zeros(batch, 1, length, length, dtype=dtype)
         out["attention_mask"] = mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
     return out
+
+
+@dataclass
+class PackedExamples:
+    """(prompt, completion) examples packed whole into blocks, with a loss mask."""
+
+    input_ids: np.ndarray  # [blocks, block_size]
+    segment_lengths: list[list[int]]
+    num_pad: list[int]
+    loss_mask: np.ndarray  # 1 on targets: the completions (and the prompts with loss_on_prompt)
+
+
+def pack_examples(
+    examples: Iterable[tuple[list[int], list[int]]],
+    block_size: int,
+    pad_id: int,
+    loss_on_prompt: bool = False,
+) -> PackedExamples:
+    """Pack examples into blocks, none split across two (a block's attention stays within
+    each example: see :func:`batch_tensors`); an example longer than a block keeps its end."""
+    blocks: list[tuple[list[int], list[int], list[int]]] = []  # ids, segments, mask
+    for prompt, completion in examples:
+        ids = (list(prompt) + list(completion))[-block_size:]
+        mask = ([int(loss_on_prompt)] * len(prompt) + [1] * len(completion))[-block_size:]
+        if not blocks or len(blocks[-1][0]) + len(ids) > block_size:
+            blocks.append(([], [], []))
+        blocks[-1][0].extend(ids)
+        blocks[-1][1].append(len(ids))
+        blocks[-1][2].extend(mask)
+    pads = [block_size - len(b[0]) for b in blocks]
+    return PackedExamples(
+        np.array([b[0] + [pad_id] * n for b, n in zip(blocks, pads, strict=True)], np.int64),
+        [b[1] for b in blocks],
+        pads,
+        np.array([b[2] + [0] * n for b, n in zip(blocks, pads, strict=True)], np.int64),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,6 +282,7 @@ class StepStats:
     tokens: int
     seconds: float
     lr: float
+    metrics: dict[str, float] = field(default_factory=dict)  # the objective's, e.g. margins
 
 
 @dataclass
@@ -252,6 +293,18 @@ class LoopState:
     micro_batches: int = 0
     curve: list[dict[str, float]] = field(default_factory=list)
     resumed_at: list[int] = field(default_factory=list)
+    # Reference log-probabilities of preference stages, by stage index: computed once from
+    # the policy each stage starts from, so a resumed run keeps the same reference.
+    refs: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[[Any, Batch], tuple[torch.Tensor, dict[str, float]]]
+
+
+def lm_loss(engine: Any, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    """The model's own next-token loss on ``batch`` (labels in it)."""
+    return engine(**batch).loss, {}
 
 
 def train_steps(
@@ -262,35 +315,44 @@ def train_steps(
     grad_accum: int,
     reduce_loss: Callable[[float], float] = lambda x: x,
     on_step: Callable[[StepStats], None] = lambda s: None,
+    loss_fn: LossFn = lm_loss,
+    reduce_metrics: Callable[[dict[str, float]], dict[str, float]] = lambda m: m,
 ) -> LoopState:
     """Run optimizer steps until ``max_steps`` (or the batches run out).
 
-    ``batches`` yields (model inputs, real tokens in them)."""
+    ``batches`` yields (model inputs, real tokens in them); ``loss_fn`` turns one into the
+    loss to minimise and the objective's metrics (means over the step's micro-batches)."""
     engine.module.train()
     while state.step < max_steps:
         t0 = time.perf_counter()
-        losses, tokens = [], 0
+        losses, tokens, metrics = [], 0, []
         for _ in range(grad_accum):
             item = next(batches, None)
             if item is None:
                 return state
             batch, n_tokens = item
-            loss = engine(**batch).loss
+            loss, extra = loss_fn(engine, batch)
             engine.backward(loss)
             engine.step()
             losses.append(float(loss.detach()))
+            metrics.append(extra)
             tokens += n_tokens
             state.micro_batches += 1
         state.step += 1
+        means = reduce_metrics(
+            {k: float(np.mean([m[k] for m in metrics if k in m])) for k in set().union(*metrics)}
+        )
         stats = StepStats(
             state.step,
             reduce_loss(float(np.mean(losses))),
             tokens,
             time.perf_counter() - t0,
             float(engine.get_lr()[0]),
+            means,
         )
         state.curve.append(
             {"step": stats.step, "loss": stats.loss, "lr": stats.lr, "t": round(time.time(), 3)}
+            | {k: round(v, 5) for k, v in means.items()}
         )
         on_step(stats)
     return state

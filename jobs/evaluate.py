@@ -1,12 +1,16 @@
-"""Evaluate a candidate version against production on the feedback set and a held-out set.
+"""Evaluate a candidate version against production on held-back feedback and a held-out set.
 
     python -m jobs.evaluate --config eval.yaml --result s3://.../report.json
     ray job submit -- python -m jobs.evaluate --config eval.yaml
 
-For each model: the mean token loss on the feedback snapshot (what users corrected), the mean
-loss on held-out blocks (what must not regress), and optionally generation accuracy on
-question/answer pairs. The gate (``core.loop.policy.gate``) decides; the report goes to the
-candidate's evaluation reports in the registry and to ``--result``.
+For each model, on the held-back feedback snapshot (``jobs.feedback_snapshot``'s eval part,
+never trained on): how many corrected questions it now answers as users said (greedy
+answers, :func:`core.loop.answers.answer_matches` on what the correction adds to the
+question), how many answers users accepted it still gives (facts nobody corrected), and the
+mean loss of the corrections' answer tokens. On the corpus: the mean loss of held-out blocks
+(what must not regress). Optionally generation accuracy on question/answer pairs. The gate
+(``core.loop.policy.gate``) decides; the report goes to the candidate's evaluation reports
+in the registry and to ``--result``.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ import torch
 
 from core import storage
 from core.config import load_config
+from core.data.feedback import is_feedback_snapshot, open_feedback, read_rows
 from core.data.snapshots import resolve_snapshot, shard_locations
 from core.generation.decoder import BatchDecoder
 from core.generation.loading import LoadedModel, load_version
 from core.generation.sampling import SamplingParams
-from core.loop.answers import answer_matches
+from core.loop.answers import answer_matches, expected_answer
 from core.loop.policy import gate
+from core.objectives import completion_logps
 from core.registry import ModelRegistry
 from core.training import batch_tensors
 from schemas.evaluate import EvalConfig
@@ -75,6 +81,70 @@ def mean_loss(
     return total / max(1, count)
 
 
+def greedy_answers(loaded: LoadedModel, prompts: list[list[int]], max_new: int) -> list[str]:
+    """Greedy completions of token-id prompts, 16 at a time."""
+    answers: list[str] = []
+    for i in range(0, len(prompts), 16):
+        ids = prompts[i : i + 16]
+        decoder = BatchDecoder(
+            loaded, ids, [SamplingParams(max_tokens=max_new, temperature=0)] * len(ids)
+        )
+        texts = [""] * len(ids)
+        while not decoder.done:
+            for j, out in enumerate(decoder.step()):
+                texts[j] += out.text
+        answers.extend(texts)
+    return answers
+
+
+def feedback_scores(
+    loaded: LoadedModel, rows: dict[str, list[dict]], max_new: int, pad_id: int
+) -> dict[str, Any]:
+    """On held-back feedback: corrections answered as users said, accepted answers still
+    given (each judged on what the answer adds to its question), the corrections' loss."""
+    out: dict[str, Any] = {}
+    for name, part, column in (
+        ("corrected", rows["sft"], "completion"),
+        ("accepted", [r for r in rows["kto"] if r["desirable"]], "completion"),
+    ):
+        if not part:
+            continue
+        answers = greedy_answers(loaded, [r["prompt_ids"] for r in part], max_new)
+        right = [
+            answer_matches(expected_answer(r["prompt"], r[column]), a)
+            for r, a in zip(part, answers, strict=True)
+        ]
+        out[name] = {
+            "accuracy": sum(right) / len(right),
+            "n": len(right),
+            "samples": [
+                {"expected": expected_answer(r["prompt"], r[column]), "answer": a[:160], "ok": ok}
+                for r, a, ok in list(zip(part, answers, right, strict=True))[:6]
+            ],
+        }
+    if rows["sft"]:
+        out["feedback_loss"] = _completion_loss(loaded, rows["sft"], pad_id)
+    elif out.get("accepted"):
+        accepted = [r for r in rows["kto"] if r["desirable"]]
+        out["feedback_loss"] = _completion_loss(loaded, accepted, pad_id)
+    return out
+
+
+@torch.inference_mode()
+def _completion_loss(loaded: LoadedModel, rows: list[dict], pad_id: int) -> float:
+    """Mean per-token loss of the rows' completions (the answer tokens only)."""
+    total, count = 0.0, 0
+    for i in range(0, len(rows), 8):
+        chunk = rows[i : i + 8]
+        completions = [r["completion_ids"] for r in chunk]
+        logps = completion_logps(
+            loaded.model, [r["prompt_ids"] for r in chunk], completions, pad_id
+        )
+        total -= float(logps.sum())
+        count += sum(len(c) for c in completions)
+    return total / max(1, count)
+
+
 def qa_accuracy(loaded: LoadedModel, items: list[dict[str, str]], max_new: int) -> dict:
     """Greedy answers to each question; correct when the expected answer appears in it
     (:func:`core.loop.answers.answer_matches`, the rule the demo scores by too)."""
@@ -85,18 +155,8 @@ def qa_accuracy(loaded: LoadedModel, items: list[dict[str, str]], max_new: int) 
         )
         for q in items
     ]
-    answers: list[str] = []
-    for i in range(0, len(prompts), 16):
-        chunk = prompts[i : i + 16]
-        ids = [tok(p, add_special_tokens=False).input_ids for p in chunk]
-        decoder = BatchDecoder(
-            loaded, ids, [SamplingParams(max_tokens=max_new, temperature=0)] * len(ids)
-        )
-        texts = [""] * len(ids)
-        while not decoder.done:
-            for j, out in enumerate(decoder.step()):
-                texts[j] += out.text
-        answers.extend(texts)
+    ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+    answers = greedy_answers(loaded, ids, max_new)
     correct = [answer_matches(q["answer"], a) for q, a in zip(items, answers, strict=True)]
     return {
         "accuracy": sum(correct) / len(correct) if correct else None,
@@ -110,20 +170,24 @@ def qa_accuracy(loaded: LoadedModel, items: list[dict[str, str]], max_new: int) 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     registry = ModelRegistry(cfg.registry_uri, cfg.storage)
-    feedback = blocks(cfg.feedback_snapshot_uri, cfg.storage, None)
+    rows, pad_id, feedback = _feedback(cfg)
     heldout = blocks(cfg.heldout_snapshot_uri, cfg.storage, cfg.max_heldout_blocks)
     qa = _qa_items(cfg)
     report: dict[str, Any] = {
         "feedback_snapshot": cfg.feedback_snapshot_uri,
         "heldout_snapshot": cfg.heldout_snapshot_uri,
+        "feedback_rows": {k: len(v) for k, v in rows.items()} if rows else None,
         "feedback_blocks": len(feedback),
         "heldout_blocks": len(heldout),
     }
     for role, ref in (("candidate", cfg.candidate), ("production", cfg.production)):
         loaded = load_version(registry, ref, torch.float32)
+        scores = feedback_scores(loaded, rows, cfg.max_new_tokens, pad_id) if rows else {}
+        if feedback:  # a packed (corpus-format) feedback snapshot: the loss alone
+            scores["feedback_loss"] = mean_loss(loaded, feedback)
         report[role] = {
             "version": loaded.ref,
-            "feedback_loss": mean_loss(loaded, feedback),
+            **scores,
             "heldout_loss": mean_loss(loaded, heldout),
         }
         if qa:
@@ -132,6 +196,16 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     decision = gate(report, cfg.gate)
     report["gate"] = {"passed": decision.trigger, "reason": decision.reason}
     return report
+
+
+def _feedback(cfg: EvalConfig) -> tuple[dict[str, list[dict]], int, list]:
+    """(rows by kind, pad id, []) of a feedback snapshot, or ({}, 0, packed blocks) of a
+    corpus-format one."""
+    if not is_feedback_snapshot(cfg.feedback_snapshot_uri, cfg.storage):
+        return {}, 0, blocks(cfg.feedback_snapshot_uri, cfg.storage, None)
+    snap, manifest = open_feedback(cfg.feedback_snapshot_uri, cfg.storage)
+    rows = {k: read_rows(snap, manifest, k) for k in ("sft", "kto")}
+    return rows, manifest.tokenizer.pad_token_id, []
 
 
 def _qa_items(cfg: EvalConfig) -> list[dict[str, str]]:

@@ -1,121 +1,208 @@
-"""Publish curated feedback as a dataset snapshot that traces back to its events.
+"""Publish curated feedback as feedback snapshots that trace back to their events.
 
     python -m jobs.feedback_snapshot --config publish.json --result snapshot.json
     ray job submit -- python -m jobs.feedback_snapshot --config publish.json
 
 The loop controller submits it like the fine-tune and the evaluation, with the examples it
-curated frozen in the config (``schemas.loop.FeedbackSnapshotConfig``).
+curated frozen in the config (``schemas.loop.FeedbackSnapshotConfig``): corrections and the
+served answers users rated. They become three kinds of rows (``schemas.feedback``), tokenized
+with the production model's tokenizer (its chat special tokens kept, since the prompts were
+rendered by its chat template):
 
-The examples (served prompt, already in the model's chat template, plus the corrected
-answer) are split into a train and an eval part (the gate scores corrections the candidate
-never saw), written as JSONL under ``<loop_uri>/feedback/<role>/raw/<digest>/`` and run through
-the ingest pipeline (one process: they are few) with the production model's tokenizer, its
-chat special tokens kept. The manifest's ``parents`` lists every event id, so lineage walks
-from a model version to the feedback that taught it. Quarantined items are written beside
-the examples for operators, never into the snapshot. The same examples give the same
-snapshot id, so publishing twice is harmless.
+- ``sft``: the served prompt and the correction;
+- ``preference``: the correction chosen over the served answer it corrects;
+- ``kto``: each rated answer, desirable or not, with another row's answer as its KL pair.
+
+Part of it is held back as the ``eval`` snapshot, which the gate scores and nothing trains
+on: corrections on phrasings the candidate never saw, of facts it was taught by another
+phrasing (a correction whose answer no other correction shares stays in training: holding
+it out would only test what was never taught), and every fifth answer users rated good.
+The manifest's ``parents`` lists every event id; quarantined items are written beside the
+snapshots for operators, never into them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 from core import storage
 from core.config import load_config
+from core.data.feedback import write_feedback
+from core.data.tokenization import TokenizerBundle, load_tokenizer
+from core.loop.answers import normalize_answer
 from core.registry import ModelRegistry
-from core.storage import Location
-from jobs.ingest import run_ingest
-from jobs.runtime import Progress, config_args
-from schemas.ingest import IngestConfig
-from schemas.loop import CuratedExample, FeedbackSnapshotConfig, LoopConfig, QuarantinedCorrection
-from schemas.snapshot import SnapshotManifest
+from core.registry.provenance import code_version
+from jobs.runtime import config_args
+from schemas.loop import CuratedExample, FeedbackSnapshotConfig, RatedAnswer
+from schemas.snapshot import TokenizerInfo
+
+TOKENIZER_FILES = ("tokenizer", "special_tokens", "chat_template", "vocab", "merges")
 
 
-def split_examples(
-    examples: list[CuratedExample], every: int = 5
-) -> tuple[list[CuratedExample], list[CuratedExample]]:
-    """(train, eval): every ``every``-th example by key hash is held out for evaluation, so
-    the gate measures corrections the candidate never saw; both sides get at least one."""
-    held = [e for e in examples if int(e.key[:8], 16) % every == 0]
-    train = [e for e in examples if int(e.key[:8], 16) % every != 0]
-    if not held and len(train) > 1:
-        held, train = train[-1:], train[:-1]
-    if not train and len(held) > 1:
-        train, held = held[:-1], held[-1:]
-    return train, held
+def held_prompts(examples: list[CuratedExample], rated: list[RatedAnswer], every: int = 5) -> set:
+    """The prompts held back for evaluation (see the module docstring)."""
+    held = set()
+    by_answer: dict[str, list[CuratedExample]] = defaultdict(list)
+    for e in examples:
+        by_answer[normalize_answer(e.answer)].append(e)
+    for group in by_answer.values():
+        group = sorted(group, key=lambda e: e.key)
+        # Hold out at most all but one of the phrasings of one answer.
+        held |= {e.prompt for e in group[1:] if int(e.key[:8], 16) % 2 == 0}
+    taught = {e.prompt for e in examples} - held
+    for r in rated:
+        if r.desirable and r.prompt not in taught and int(r.key[:8], 16) % every == 0:
+            held.add(r.prompt)
+    return held
 
 
 def publish_feedback_snapshot(job: FeedbackSnapshotConfig) -> dict[str, Any]:
-    """Publish ``job.examples`` as a train and an eval snapshot; returns their ids, uris and
-    counts, and ``upto`` (the consumer candidates they cover)."""
-    cfg, examples = job.loop, job.examples
-    if len(examples) < 2:
-        raise ValueError("need at least two curated examples (one to train, one to evaluate)")
+    """Publish the job's examples as a train and an eval snapshot; returns their ids, uris
+    and counts, and ``upto`` / ``ratings_upto`` (the consumer candidates they cover)."""
+    cfg = job.loop
+    if not job.examples and not job.rated:
+        raise ValueError("nothing to publish: no curated corrections and no rated answers")
     root = storage.resolve(cfg.loop_uri, cfg.storage).join("feedback")
-    train, held = split_examples(examples)
+    files, bundle = _tokenizer(job)
+    info = TokenizerInfo(
+        source=_tokenizer_uri(job),
+        sha256=bundle.sha256,
+        vocab_size=bundle.tokenizer.get_vocab_size(),
+        eos_token_id=bundle.eos_token_id,
+        pad_token_id=bundle.pad_token_id,
+    )
+    held = held_prompts(job.examples, job.rated)
+    quarantined: dict[str, int] = defaultdict(int)
+    for q in job.quarantined:
+        quarantined[q.reason] += 1
     out: dict[str, Any] = {
         "upto": job.upto,
-        "examples": len(examples),
+        "ratings_upto": job.ratings_upto,
+        "examples": len(job.examples),
+        "rated": len(job.rated),
         "quarantined": len(job.quarantined),
         "production_snapshot": job.production_snapshot,
     }
-    for role, part in (("train", train), ("eval", held)):
-        manifest = _publish(cfg, root, role, part, job.quarantined)
-        out[f"{role}_snapshot_id"] = manifest.snapshot_id
-        out[f"{role}_uri"] = root.join(role, "datasets", "snapshots", manifest.snapshot_id).uri
-        out[f"{role}_examples"] = len(part)
+    for role in ("train", "eval"):
+        keep = (lambda p: p not in held) if role == "train" else (lambda p: p in held)
+        rows = build_rows(
+            [e for e in job.examples if keep(e.prompt)],
+            [r for r in job.rated if keep(r.prompt)],
+            bundle,
+            cfg.finetune.parse_special_tokens,
+        )
+        loc, manifest = write_feedback(
+            root.join(role),
+            f"{cfg.model_name}-feedback-{role}",
+            role,
+            rows,
+            info,
+            files,
+            dict(quarantined),
+            job.production_snapshot,
+            code_version(),
+        )
+        out[f"{role}_snapshot_id"], out[f"{role}_uri"] = manifest.snapshot_id, loc.uri
+        out[f"{role}_counts"] = manifest.counts.model_dump(exclude={"quarantined"})
     out["snapshot_id"], out["uri"] = out["train_snapshot_id"], out["train_uri"]
+    out["counts"] = out["train_counts"]
+    _write_quarantine(root, job)
     return out
 
 
-def _publish(
-    cfg: LoopConfig,
-    root: Location,
-    role: str,
+def build_rows(
     examples: list[CuratedExample],
-    quarantined: list[QuarantinedCorrection],
-) -> SnapshotManifest:
-    keys = json.dumps(sorted(e.key for e in examples))
-    raw = root.join(role, "raw", hashlib.sha256(keys.encode()).hexdigest()[:16])
-    lines = [json.dumps({"text": e.prompt + e.answer, "event_ids": e.event_ids}) for e in examples]
-    storage.write_text(raw.join("examples.jsonl"), "\n".join(lines) + "\n")
-    storage.write_text(
-        raw.join("_quarantined.jsonl"), "".join(q.model_dump_json() + "\n" for q in quarantined)
-    )
-    event_ids = sorted({i for e in examples for i in e.event_ids})
-    ingest = IngestConfig.model_validate(
+    rated: list[RatedAnswer],
+    tok: TokenizerBundle,
+    parse_special: bool,
+) -> dict[str, list[dict[str, Any]]]:
+    """Rows of every kind (``schemas.feedback.KIND_COLUMNS``), tokenized."""
+
+    def ids(texts: list[str], answer: bool) -> list[list[int]]:
+        # Prompts were rendered by our chat template; answers are the user's text and must
+        # never carry special tokens of their own. An answer ends the assistant's turn.
+        encoded = tok.encode_batch(texts, parse_special=parse_special and not answer)
+        return [[*e, tok.eos_token_id] for e in encoded] if answer else encoded
+
+    sft = [
         {
-            "name": f"{cfg.model_name}-feedback-{role}",
-            "storage": cfg.storage.model_dump(mode="json"),
-            "input": {"uri": raw.uri, "glob": "examples.jsonl", "format": "jsonl"},
-            "output": {"uri": root.join(role, "datasets").uri},
-            "clean": {"min_chars": 8, "min_alpha_ratio": 0.3, "max_repeated_line_ratio": 1.0},
-            "dedup": {"exact": True, "near": False},
-            "tokenizer": {
-                "kind": "pretrained",
-                "uri": _tokenizer_uri(cfg),
-                "parse_special_tokens": cfg.finetune.parse_special_tokens,
-            },
-            "pack": {"block_size": cfg.finetune.block_size},
-            "execution": {"executor": "local"},
-            "parents": [f"feedback-events:{raw.uri}", *event_ids],
+            "key": e.key,
+            "event_ids": e.event_ids,
+            "prompt": e.prompt,
+            "prompt_ids": p,
+            "completion": e.answer,
+            "completion_ids": c,
         }
-    )
-    return run_ingest(ingest, Progress(f"feedback-{role}"))
+        for e, p, c in zip(
+            examples, ids([e.prompt for e in examples], False),
+            ids([e.answer for e in examples], True), strict=True,
+        )
+    ]  # fmt: skip
+    pairs = [
+        (row, rejected) for row, e in zip(sft, examples, strict=True) for rejected in e.rejected
+    ]
+    preference = [
+        {
+            "key": row["key"],
+            "event_ids": row["event_ids"],
+            "prompt": row["prompt"],
+            "prompt_ids": row["prompt_ids"],
+            "chosen": row["completion"],
+            "chosen_ids": row["completion_ids"],
+            "rejected": rejected,
+            "rejected_ids": r_ids,
+        }
+        for (row, rejected), r_ids in zip(pairs, ids([r for _, r in pairs], True), strict=True)
+    ]
+    completions = ids([r.completion for r in rated], True)
+    kto = [
+        {
+            "key": r.key,
+            "event_ids": r.event_ids,
+            "prompt": r.prompt,
+            "prompt_ids": p,
+            "completion": r.completion,
+            "completion_ids": c,
+            "desirable": r.desirable,
+            # The next row's answer: a mismatched pair for KTO's reference point.
+            "kl_completion_ids": completions[(i + 1) % len(completions)],
+        }
+        for i, (r, p, c) in enumerate(
+            zip(rated, ids([r.prompt for r in rated], False), completions, strict=True)
+        )
+    ]
+    return {"sft": sft, "preference": preference, "kto": kto}
 
 
-def _tokenizer_uri(cfg: LoopConfig) -> str:
+def _tokenizer(job: FeedbackSnapshotConfig) -> tuple[dict[str, bytes], TokenizerBundle]:
+    source = storage.resolve(_tokenizer_uri(job), job.loop.storage)
+    files = {
+        e.relpath: storage.read_bytes(e.location)
+        for e in storage.list_files(source, "*")
+        if e.relpath.startswith(TOKENIZER_FILES)
+    }
+    return files, load_tokenizer(source.uri, job.loop.storage)
+
+
+def _tokenizer_uri(job: FeedbackSnapshotConfig) -> str:
     """The production version's own tokenizer files (its chat template included)."""
+    cfg = job.loop
     registry = ModelRegistry(cfg.registry_uri, cfg.storage)
     version = registry.get(f"{cfg.model_name}@production")
     return registry.files_location(version).uri
 
 
+def _write_quarantine(root: Any, job: FeedbackSnapshotConfig) -> None:
+    if job.quarantined:
+        lines = "".join(q.model_dump_json() + "\n" for q in job.quarantined)
+        storage.write_text(root.join("quarantine", f"upto-{job.upto}.jsonl"), lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    args = config_args("Publish curated feedback as a train and an eval dataset snapshot.", argv)
+    args = config_args("Publish curated feedback as a train and an eval feedback snapshot.", argv)
     job = load_config(FeedbackSnapshotConfig, args.config, args.overrides)
     result = publish_feedback_snapshot(job)
     if args.result:

@@ -23,11 +23,14 @@ from typing import Any
 
 from core import storage
 from core.config import config_hash, load_config
+from core.data.feedback import is_feedback_snapshot, open_feedback
 from core.data.snapshots import resolve_snapshot, shard_locations
 from core.registry import ModelRegistry, RegistryError
 from core.registry.provenance import code_version, package_versions
 from core.storage import Location
 from jobs.runtime import Progress, config_args, init_ray, quiet_ray_data
+from jobs.train_feedback import check_objectives, data_text
+from schemas.feedback import FeedbackManifest
 from schemas.registry import Lineage, ModelVersion, SnapshotRef
 from schemas.snapshot import SHARD_COLUMNS, SnapshotManifest
 from schemas.train import TrainConfig
@@ -43,21 +46,34 @@ def run_train(cfg: TrainConfig, progress: Progress | None = None) -> ModelVersio
     """Train as ``cfg`` says, register the result and return the new version."""
     progress = progress or Progress("train")
     init_ray(cfg.address)
-    snap, manifest = resolve_snapshot(cfg.data.snapshot_uri, cfg.storage)
+    feedback = is_feedback_snapshot(cfg.data.snapshot_uri, cfg.storage)
+    check_objectives(cfg, feedback)
+    if feedback:
+        snap, manifest = open_feedback(cfg.data.snapshot_uri, cfg.storage)
+    else:
+        snap, manifest = resolve_snapshot(cfg.data.snapshot_uri, cfg.storage)
     replay = _replay_snapshot(cfg, manifest)
     registry = ModelRegistry(cfg.registry.uri, cfg.storage)
     base_ref = _base_ref(cfg, registry)
+    stages = " then ".join(f"{s.objective} ({s.steps} steps)" for s in cfg.plan())
     progress.say(
-        f"{cfg.mode} on snapshot {manifest.snapshot_id} ({manifest.counts.blocks} blocks of "
-        f"{manifest.block_size}), {cfg.scaling.num_workers} workers, "
-        f"ZeRO-{cfg.deepspeed.zero_stage}, {cfg.optim.max_steps} steps"
+        f"{cfg.mode} on snapshot {manifest.snapshot_id} ({data_text(manifest)}), "
+        f"{cfg.scaling.num_workers} workers, ZeRO-{cfg.deepspeed.zero_stage}: {stages}"
     )
     if replay:
         progress.say(f"rehearsal: {cfg.data.replay_blocks} blocks of {replay[1].snapshot_id}")
     loop_config = {
         "cfg": cfg.model_dump(mode="json"),
         "base_ref": base_ref,
-        "block_size": manifest.block_size,
+        "block_size": replay[1].block_size
+        if replay
+        else getattr(manifest, "block_size", 0) or cfg.data.block_size,
+        "feedback": feedback,
+        "replay_pieces": [
+            (loc.uri, a, b) for loc, a, b in tail_pieces(*replay, cfg.data.replay_blocks)
+        ]
+        if feedback and replay
+        else None,
         "special_ids": _special_ids(manifest),
         "tokenizer_files": _tokenizer_files(cfg, registry, base_ref, snap, manifest),
         "faults": _env("FLYWHEEL_FAULTS"),
@@ -77,14 +93,17 @@ Replay = tuple[Location, SnapshotManifest]
 Piece = tuple[Location, int, int | None]  # a shard's rows [start, stop); None: to its end
 
 
-def _replay_snapshot(cfg: TrainConfig, manifest: SnapshotManifest) -> Replay | None:
+def _replay_snapshot(
+    cfg: TrainConfig, manifest: SnapshotManifest | FeedbackManifest
+) -> Replay | None:
     """The rehearsal snapshot, checked to share the training snapshot's tokens and blocks."""
     if not (cfg.data.replay_snapshot_uri and cfg.data.replay_blocks):
         return None
     loc, replay = resolve_snapshot(cfg.data.replay_snapshot_uri, cfg.storage)
+    block = getattr(manifest, "block_size", replay.block_size)
     for what, mine, theirs in (
         ("tokenizer", manifest.tokenizer.sha256, replay.tokenizer.sha256),
-        ("block size", manifest.block_size, replay.block_size),
+        ("block size", block, replay.block_size),
     ):
         if mine != theirs:
             raise ValueError(
@@ -148,7 +167,9 @@ def _fit(
 
     from jobs.train_worker import train_loop_per_worker
 
-    dataset = snapshot_dataset(snap, manifest, replay, cfg.data.replay_blocks)
+    # Feedback rows are few: workers read them from storage (jobs.train_feedback).
+    feedback = loop_config["feedback"]
+    dataset = None if feedback else snapshot_dataset(snap, manifest, replay, cfg.data.replay_blocks)
     ckpt = storage.resolve(cfg.checkpoint.storage_uri, cfg.storage)
     env = {k: v for k in _WORKER_ENV if (v := _env(k))}
     steps = Queue(actor_options={"num_cpus": 0})  # rank 0's step stats, for the bar here
@@ -168,7 +189,7 @@ def _fit(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
             worker_runtime_env={"env_vars": env} if env else None,
         ),
-        datasets={"train": dataset},
+        datasets={"train": dataset} if dataset is not None else None,
     )
     try:
         with StepProgress(cfg, steps, progress):

@@ -32,12 +32,14 @@ from core.training import (
     count_params,
     deepspeed_config,
     flops_per_token,
+    lm_loss,
     lr_lambda,
     make_optimizer,
     measure_matmul_flops,
     train_steps,
     use_bf16,
 )
+from jobs.train_feedback import FeedbackData, run_stages
 from schemas.train import TrainConfig
 
 CHECKPOINT_TAG = "ds"
@@ -80,7 +82,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
     state = _restore(engine)
-    batches = _batches(cfg, torch.bfloat16 if bf16 else torch.float32, skip=state.micro_batches)
 
     def on_step(stats: StepStats) -> None:
         meter.log(stats, state)
@@ -89,15 +90,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             _save(engine, state, meter.summary(state), final=False, rank=rank, loop_config=None)
 
     reduce = _mean_across_workers if world > 1 else (lambda x: x)
-    state = train_steps(
-        engine,
-        batches,
-        state,
-        cfg.optim.max_steps,
-        cfg.optim.grad_accum,
-        reduce_loss=reduce,
-        on_step=on_step,
-    )
+    reduce_metrics = _metrics_across_workers if world > 1 else (lambda m: m)
+
+    def train(batches: Iterator, max_steps: int, loss_fn: Any = lm_loss) -> LoopState:
+        args = (engine, batches, state, max_steps, cfg.optim.grad_accum)
+        kwargs = {"reduce_loss": reduce, "reduce_metrics": reduce_metrics, "loss_fn": loss_fn}
+        return train_steps(*args, on_step=on_step, **kwargs)
+
+    if loop_config.get("feedback"):  # sft, dpo, kto (or lm) on a feedback snapshot
+        data = FeedbackData(cfg, loop_config, rank, world)
+        state = run_stages(engine, cfg, data, state, train)
+    else:
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        state = train(_batches(cfg, dtype, skip=state.micro_batches), cfg.optim.max_steps)
     _save(engine, state, meter.summary(state), final=True, rank=rank, loop_config=loop_config)
 
 
@@ -196,6 +201,27 @@ def _mean_across_workers(value: float) -> float:
     return float(t.item()) / dist.get_world_size()
 
 
+# Every metric an objective may report (core.objectives, jobs.train_feedback): the order
+# of the one all-reduce that averages them, whichever of them each rank's batches had.
+METRICS = (
+    "rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/chosen",
+    "logps/rejected", "rewards/desirable", "rewards/undesirable", "logps/desirable",
+    "logps/undesirable", "kl", "replay_loss",
+)  # fmt: skip
+
+
+def _metrics_across_workers(metrics: dict[str, float]) -> dict[str, float]:
+    """Means over the ranks that reported each metric (a KTO batch may lack a kind)."""
+    import torch.distributed as dist
+
+    t = torch.zeros(2, len(METRICS), dtype=torch.float64)
+    for i, key in enumerate(METRICS):
+        if key in metrics:
+            t[0, i], t[1, i] = metrics[key], 1
+    dist.all_reduce(t)
+    return {k: float(t[0, i] / t[1, i]) for i, k in enumerate(METRICS) if t[1, i] > 0}
+
+
 class _Meter:
     """Tokens/s and MFU, logged by rank 0."""
 
@@ -232,17 +258,18 @@ class _Meter:
             return
         if stats.step % self.cfg.metrics.log_every_steps == 0 or stats.step == 1:
             log.info(
-                "step %d/%d loss %.4f lr %.2e %s tok/s MFU %.1f%%",
+                "step %d/%d loss %.4f lr %.2e %s tok/s MFU %.1f%%%s",
                 stats.step,
                 self.cfg.optim.max_steps,
                 stats.loss,
                 stats.lr,
                 f"{tps:,.0f}",
                 100 * self.mfu(tps),
+                metrics_text(stats.metrics),
             )
         if self.steps is not None:  # the driver's bar (see jobs.train.StepProgress)
             step = {"step": stats.step, "loss": stats.loss, "lr": stats.lr, "tokens_per_s": tps}
-            self.steps.put_nowait({**step, "mfu": self.mfu(tps)})
+            self.steps.put_nowait({**step, "mfu": self.mfu(tps), "metrics": stats.metrics})
 
     def mfu(self, tokens_per_s: float) -> float:
         return tokens_per_s / self.world * self.flops_per_token / self.peak
@@ -260,6 +287,13 @@ class _Meter:
             "workers": self.world,
             "resumed_at": list(state.resumed_at),
         }
+
+
+def metrics_text(metrics: dict[str, float]) -> str:
+    """The objective's metrics for a log line: ' margin 0.41 acc 0.75 ...' (TRL's names)."""
+    short = {"rewards/margin": "margin", "rewards/accuracy": "acc", "logps/chosen": "logp_c",
+             "logps/rejected": "logp_r", "kl": "kl", "replay_loss": "replay"}  # fmt: skip
+    return "".join(f" {short[k]} {v:.3f}" for k, v in metrics.items() if k in short)
 
 
 def _save(

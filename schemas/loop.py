@@ -8,6 +8,7 @@ from pydantic import Field
 
 from schemas.base import StrictModel
 from schemas.storage import StorageSettings
+from schemas.train import Stage
 
 
 class PolicySettings(StrictModel):
@@ -23,7 +24,26 @@ class PolicySettings(StrictModel):
 class GateSettings(StrictModel):
     """What a candidate must show before it serves anyone."""
 
-    margin: float = Field(0.05, ge=0, description="Feedback-set loss must drop by this share.")
+    min_accuracy_gain: float = Field(
+        0.1,
+        ge=-1,
+        le=1,
+        description="Held-back corrections answered right: at least this much more often "
+        "than production (absolute, 0.1 = ten points).",
+    )
+    max_accepted_drop: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Answers users accepted (facts nobody corrected): at most this much less "
+        "often given than by production.",
+    )
+    margin: float = Field(
+        0.05,
+        ge=0,
+        description="Feedback-set loss must drop by this share (when there are no held-back "
+        "corrections to answer: ratings alone).",
+    )
     tolerance: float = Field(0.05, ge=0, description="Held-out loss may rise by this share.")
 
 
@@ -53,6 +73,13 @@ class FinetuneSettings(StrictModel):
     )
     parse_special_tokens: bool = Field(
         True, description="Feedback prompts are rendered by our chat template: keep its tokens."
+    )
+    objectives: list[Stage] = Field(
+        default_factory=list,
+        description="What the fine-tune learns from, in order, e.g. [{objective: sft, steps: "
+        "24}, {objective: dpo, steps: 8}]; a stage whose examples the snapshot lacks is "
+        "skipped (no corrections: no sft or dpo, so kto alone learns from ratings). Unset: "
+        "the recipe's own objective and steps.",
     )
 
 
@@ -108,6 +135,22 @@ class CuratedExample(StrictModel):
     event_ids: list[str] = Field(description="Served-output and feedback events it came from.")
     users: list[str] = Field(default_factory=list)
     key: str = Field(description="Content hash of prompt and answer (stable split and ids).")
+    rejected: list[str] = Field(
+        default_factory=list,
+        description="The served answers this correction corrects (preference pairs' losers).",
+    )
+
+
+class RatedAnswer(StrictModel):
+    """A served answer users rated (``core.loop.curation.Rated``): a KTO example."""
+
+    prompt: str
+    completion: str = Field(description="The served answer.")
+    desirable: bool = Field(description="Rated 4-5 (True) or 1-2 (False) by most raters.")
+    ratings: list[int]
+    event_ids: list[str]
+    users: list[str] = Field(default_factory=list)
+    key: str
 
 
 class QuarantinedCorrection(StrictModel):
@@ -127,7 +170,9 @@ class FeedbackSnapshotConfig(StrictModel):
     schema_version: Literal[1] = 1
     loop: LoopConfig
     upto: int = Field(ge=0, description="Consumer candidates these examples cover.")
+    ratings_upto: int = Field(0, ge=0, description="Consumer ratings the rated answers cover.")
     examples: list[CuratedExample]
+    rated: list[RatedAnswer] = Field(default_factory=list)
     quarantined: list[QuarantinedCorrection] = Field(default_factory=list)
     production_snapshot: str | None = Field(
         None, description="The corpus production learned from (recorded for lineage)."

@@ -47,6 +47,15 @@ class DataConfig(StrictModel):
         ),
     )
     replay_blocks: int = Field(0, ge=0, description="Blocks taken from replay_snapshot_uri.")
+    replay_weight: float = Field(
+        1.0,
+        ge=0,
+        description="Feedback objectives (sft, dpo, kto): weight of the rehearsal blocks' "
+        "language-model loss, added to the objective's loss at every step.",
+    )
+    block_size: int = Field(
+        256, ge=8, description="Feedback objectives: tokens per packed SFT block."
+    )
 
 
 class LoraConfig(StrictModel):
@@ -135,12 +144,67 @@ class MetricsConfig(StrictModel):
     )
 
 
+Objective = Literal["lm", "sft", "dpo", "kto"]
+
+
+class DpoSettings(StrictModel):
+    """Direct preference optimisation (objective: dpo) on (prompt, chosen, rejected)."""
+
+    beta: float = Field(0.1, gt=0, description="Strength of the pull towards the reference.")
+    loss: Literal["sigmoid", "ipo"] = Field(
+        "sigmoid",
+        description="sigmoid: DPO (Rafailov et al. 2023); ipo: IPO (Azar et al. 2023), on "
+        "length-averaged log-probabilities, more robust when preferences are noisy.",
+    )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="Conservative DPO (sigmoid only): the share of preference labels assumed "
+        "flipped, for noisy feedback.",
+    )
+
+
+class KtoSettings(StrictModel):
+    """Kahneman-Tversky optimisation (objective: kto) on (prompt, completion, desirable)."""
+
+    beta: float = Field(0.1, gt=0)
+    desirable_weight: float | None = Field(
+        None,
+        gt=0,
+        description="Weight of desirable examples; unset: balanced against the undesirable "
+        "ones from the snapshot's counts (the KTO paper's advice).",
+    )
+    undesirable_weight: float = Field(1.0, gt=0)
+
+
+class Stage(StrictModel):
+    """One objective of a multi-stage run (e.g. sft then dpo), in order, in one job."""
+
+    objective: Objective
+    steps: int = Field(ge=1, description="Optimizer steps of this stage.")
+
+
 class TrainConfig(StrictModel):
     """A whole training recipe (``jobs/configs/train-*.yaml``)."""
 
     schema_version: Literal[1] = 1
     run_name: str = Field(description="Ray Train run name: the same name resumes.", min_length=1)
     mode: Literal["pretrain", "full", "lora"]
+    objective: Objective = Field(
+        "lm",
+        description="lm: next-token loss on packed text (a corpus snapshot, or a feedback "
+        "snapshot's prompt and answer together); sft: the answer tokens only, examples packed "
+        "without attention across them; dpo: preference pairs; kto: rated answers. The last "
+        "three read a feedback snapshot.",
+    )
+    stages: list[Stage] = Field(
+        default_factory=list,
+        description="Several objectives in order (e.g. sft then dpo); their steps add up to "
+        "optim.max_steps. Each preference stage takes the policy it starts from as reference.",
+    )
+    dpo: DpoSettings = Field(default_factory=DpoSettings)
+    kto: KtoSettings = Field(default_factory=KtoSettings)
     seed: int = 0
     storage: StorageSettings = Field(default_factory=StorageSettings)
     model: ModelSource
@@ -162,4 +226,13 @@ class TrainConfig(StrictModel):
             raise ValueError("mode pretrain needs model.architecture (a Hugging Face config)")
         if self.mode != "pretrain" and bool(m.registry_ref) == bool(m.uri):
             raise ValueError(f"mode {self.mode} needs exactly one of model.registry_ref, model.uri")
+        if self.stages and sum(s.steps for s in self.stages) != self.optim.max_steps:
+            total = sum(s.steps for s in self.stages)
+            raise ValueError(
+                f"stages' steps add up to {total}, not optim.max_steps {self.optim.max_steps}"
+            )
         return self
+
+    def plan(self) -> list[Stage]:
+        """The stages to run: ``stages``, or the one ``objective`` for every step."""
+        return list(self.stages) or [Stage(objective=self.objective, steps=self.optim.max_steps)]

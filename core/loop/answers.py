@@ -67,3 +67,41 @@ def answer_matches(expected: str, completion: str) -> bool:
     An expected answer with no letters or digits matches nothing."""
     pattern = _answer_pattern(expected)
     return pattern is not None and pattern.search(normalize_answer(completion)) is not None
+
+
+_UNITS = frozenset([*_UNIT_ALIASES, "year", "day", "minute", "dollar", "percent", "watt"])
+# Words too common to say what an answer adds to its question.
+_COMMON = frozenset(
+    ("a", "an", "the", "is", "are", "was", "be", "of", "for", "to", "it", "its", "and", "or",
+     "in", "on", "at", "by", "with", "you", "your", "i", "my", "this", "that", "has", "have",
+     "do", "doe", "does", "can", "which", "what", "how", "much", "many", "long", "who",
+     "where", "when")
+)  # fmt: skip
+
+
+def expected_answer(prompt: str, answer: str) -> str:
+    """What ``answer`` adds to ``prompt``: a run of tokens the question does not already
+    hold, the first one with a number if any (facts are mostly numbers and codes), else
+    the last (answers tend to end on their point). So "The Heron H2 costs $149." answering
+    "How much does the Heron H2 cost?" expects "149". A number before a unit stays with it
+    ("2 years" when the product is an H2). The whole answer when it adds nothing."""
+    seen = set(normalize_answer(prompt).split()) | _COMMON
+    tokens = normalize_answer(answer).split()
+    new = [t not in seen for t in tokens]
+    for i in range(len(tokens) - 1):
+        new[i] = new[i] or (_is_number(tokens[i]) and tokens[i + 1] in _UNITS and new[i + 1])
+    runs: list[list[str]] = [[]]
+    for token, fresh in zip(tokens, new, strict=True):
+        if fresh:
+            runs[-1].append(token)
+        elif runs[-1]:
+            runs.append([])
+    runs = [r for r in runs if r]
+    if not runs:
+        return answer
+    numbered = [r for r in runs if any(_is_number(t) for t in r)]
+    return " ".join(numbered[0] if numbered else runs[-1])
+
+
+def _is_number(token: str) -> bool:
+    return token.replace(".", "").isdigit()

@@ -2,7 +2,10 @@
 
 A correction (``Feedback.correction`` joined with the ``ServedOutput`` it rates) becomes a
 supervised example: the served prompt (already rendered with the model's chat template)
-followed by the corrected answer. Before anything is trained on:
+followed by the corrected answer, and a preference pair: the correction chosen over the
+served answer it corrects. A rating of a served answer becomes a KTO example: desirable when
+its raters mostly gave 4-5, undesirable at 1-2 (:func:`curate_ratings`). Before anything is
+trained on:
 
 - PII is redacted (again: the event writer redacts too, curation must not depend on it);
 - duplicates (the same prompt and the same answer, compared as
@@ -60,6 +63,7 @@ class Candidate:
     user: str | None
     event_ids: list[str]
     model_version: str
+    rejected: str | None = None  # the served answer the correction replaces
 
 
 @dataclass
@@ -70,6 +74,7 @@ class Example:
     answer: str
     event_ids: list[str] = field(default_factory=list)
     users: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)  # served answers it corrects
 
     @property
     def key(self) -> str:
@@ -119,7 +124,8 @@ def curate(
         if reason:
             quarantined.append(Quarantined(reason, prompt, answer, c.user, c.event_ids))
         else:
-            kept.append(Candidate(prompt, answer, c.user, c.event_ids, c.model_version))
+            rejected = redactor.redact(c.rejected.strip())[0] if c.rejected else None
+            kept.append(Candidate(prompt, answer, c.user, c.event_ids, c.model_version, rejected))
     kept, flooded = _drop_floods(kept, cfg)
     kept, outliers = _drop_outliers(kept, cfg)
     return _dedupe(kept), quarantined + flooded + outliers
@@ -171,4 +177,86 @@ def _dedupe(items: list[Candidate]) -> list[Example]:
         ex.event_ids.extend(c.event_ids)
         if c.user and c.user not in ex.users:
             ex.users.append(c.user)
+        wrong = c.rejected and normalize_answer(c.rejected) != normalize_answer(c.answer)
+        if wrong and normalize_answer(c.rejected) not in map(normalize_answer, ex.rejected):
+            ex.rejected.append(c.rejected)
     return sorted(examples.values(), key=lambda e: e.key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ratings
+
+
+@dataclass
+class Rating:
+    """A rating joined with the served answer it rates."""
+
+    prompt: str
+    completion: str
+    rating: int
+    user: str | None
+    event_ids: list[str]
+    model_version: str
+
+
+@dataclass
+class Rated:
+    """A served answer and its raters' verdict: a KTO example."""
+
+    prompt: str
+    completion: str
+    desirable: bool
+    ratings: list[int] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)
+    users: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        text = f"{self.prompt}\0{self.completion}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def curate_ratings(
+    ratings: Iterable[Rating],
+    cfg: CurationConfig | None = None,
+    redactor: PiiRedactor | None = None,
+) -> tuple[list[Rated], list[Quarantined]]:
+    """KTO examples from ratings: one per (prompt, answer), by the majority of its raters.
+
+    A 3, or as many good as bad ratings, says nothing and is dropped. An answer rated good
+    passes the same text rules as a correction (it will be reinforced); one user's flood of
+    ratings is quarantined as a flood of corrections is.
+    """
+    cfg = cfg or CurationConfig()
+    redactor = redactor or PiiRedactor()
+    kept: list[Candidate] = []
+    quarantined: list[Quarantined] = []
+    scores: dict[str, int] = {}
+    for r in ratings:
+        completion = redactor.redact(r.completion.strip())[0]
+        prompt = redactor.redact(r.prompt)[0]
+        reason = text_reason(completion, cfg) if r.rating >= 4 else None
+        if reason:
+            quarantined.append(Quarantined(reason, prompt, completion, r.user, r.event_ids))
+            continue
+        kept.append(Candidate(prompt, completion, r.user, r.event_ids, r.model_version))
+        scores[r.event_ids[-1]] = r.rating
+    kept, flooded = _drop_floods(kept, cfg)
+    return _vote(kept, scores), quarantined + flooded
+
+
+def _vote(items: list[Candidate], scores: dict[str, int]) -> list[Rated]:
+    groups: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
+    for c in items:
+        groups[(c.prompt, normalize_answer(c.answer))].append(c)
+    out = []
+    for group in groups.values():
+        ratings = [scores[c.event_ids[-1]] for c in group]
+        good, bad = sum(r >= 4 for r in ratings), sum(r <= 2 for r in ratings)
+        if good == bad:
+            continue
+        users = list(dict.fromkeys(c.user for c in group if c.user))
+        ids = [i for c in group for i in c.event_ids]
+        first = group[0]
+        out.append(Rated(first.prompt, first.answer, good > bad, ratings, ids, users))
+    return sorted(out, key=lambda r: r.key)

@@ -21,6 +21,7 @@ class ServedSummary(StrictModel):
     event_id: str
     version: str = Field(description="The model version that served it.")
     prompt: str
+    completion: str = Field("", description="The served answer (KTO and preference pairs).")
     user: str | None = None
     at: float
 
@@ -53,6 +54,18 @@ class CorrectionCandidate(StrictModel):
     user: str | None = None
     event_ids: list[str]
     model_version: str
+    rejected: str | None = Field(None, description="The served answer it corrects.")
+
+
+class RatingCandidate(StrictModel):
+    """A rating joined with the answer it rates (``core.loop.curation.Rating``)."""
+
+    prompt: str
+    completion: str
+    rating: int
+    user: str | None = None
+    event_ids: list[str]
+    model_version: str
 
 
 class ConsumerState(StrictModel):
@@ -77,6 +90,8 @@ class ConsumerState(StrictModel):
     )
     candidates: list[CorrectionCandidate] = Field(default_factory=list)
     published: int = Field(0, description="Candidates already taken into feedback snapshots.")
+    ratings: list[RatingCandidate] = Field(default_factory=list)
+    ratings_published: int = Field(0, description="Ratings already taken into snapshots.")
     profiles: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Version -> live word profile of served prompts."
     )

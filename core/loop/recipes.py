@@ -15,7 +15,13 @@ from core.config import config_hash, load_config
 from core.loop.state import Cycle
 from core.registry import ModelRegistry
 from schemas.evaluate import EvalConfig
-from schemas.loop import CuratedExample, FeedbackSnapshotConfig, LoopConfig, QuarantinedCorrection
+from schemas.loop import (
+    CuratedExample,
+    FeedbackSnapshotConfig,
+    LoopConfig,
+    QuarantinedCorrection,
+    RatedAnswer,
+)
 from schemas.train import DataConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,6 +41,8 @@ def publish_config(
         loop=cfg,
         upto=pending["upto"],
         examples=[CuratedExample.model_validate(e) for e in pending["examples"]],
+        rated=[RatedAnswer.model_validate(r) for r in pending.get("rated", [])],
+        ratings_upto=pending.get("ratings_upto", 0),
         quarantined=[QuarantinedCorrection.model_validate(q) for q in pending["quarantined"]],
         production_snapshot=production_snapshot,
     )
@@ -50,6 +58,7 @@ def train_config(
     base = load_config(TrainConfig, _recipe(f.recipe), f.overrides)
     train = base.model_copy(
         update={
+            **objective_plan(cfg, base, cycle.counts),
             "mode": "lora",
             "model": base.model.model_copy(
                 update={"registry_ref": cycle.production, "uri": None, "architecture": None}
@@ -65,6 +74,34 @@ def train_config(
     train = train.model_copy(update={"run_name": submission})
     # Validate the copy: model_copy(update=...) does not.
     return TrainConfig.model_validate(train.model_dump()), submission
+
+
+# The rows each objective learns from (schemas.feedback kinds, as counted in the manifest).
+NEEDS = {
+    "lm": ("sft",),
+    "sft": ("sft",),
+    "dpo": ("preference",),
+    "kto": ("kto_desirable", "kto_undesirable"),
+}
+
+
+def objective_plan(
+    cfg: LoopConfig, base: TrainConfig, counts: dict[str, int] | None
+) -> dict[str, Any]:
+    """The loop's objectives, less those whose rows this snapshot lacks (ratings alone: kto
+    alone); the steps of what runs become ``optim.max_steps``."""
+    if not cfg.finetune.objectives:
+        return {}
+    counts = counts or {}
+    stages = [s for s in cfg.finetune.objectives if any(counts.get(k) for k in NEEDS[s.objective])]
+    if not stages:
+        raise ValueError(
+            f"the feedback snapshot has no rows for any of the loop's objectives "
+            f"({[s.objective for s in cfg.finetune.objectives]}): counts {counts}"
+        )
+    steps = sum(s.steps for s in stages)
+    optim = base.optim.model_copy(update={"max_steps": steps})
+    return {"objective": stages[0].objective, "stages": stages, "optim": optim}
 
 
 def finetune_data(

@@ -64,6 +64,9 @@ class Cycle(StrictModel):
     eval_snapshot_id: str | None = Field(None, description="The held-back feedback snapshot.")
     eval_snapshot_uri: str | None = None
     examples: int | None = Field(None, description="Curated examples published.")
+    counts: dict[str, int] | None = Field(
+        None, description="Rows of the train snapshot by kind (sft, preference, kto_...)."
+    )
     quarantined: int | None = Field(None, description="Corrections quarantined.")
     published_at: float | None = None
     train_job: str | None = None
@@ -185,6 +188,7 @@ def published(state: LoopState, result: dict[str, Any], now: float) -> LoopState
             "eval_snapshot_id": result["eval_snapshot_id"],
             "eval_snapshot_uri": result["eval_uri"],
             "examples": result["examples"],
+            "counts": result.get("counts"),
             "quarantined": result["quarantined"],
             "upto": result["upto"],
             "published_at": now,

@@ -18,7 +18,7 @@ import yaml
 from actors.loop import start_loop, stop_loop
 from core import faults
 from core.config import load_config
-from core.data.snapshots import iter_documents, open_snapshot, snapshot_tokenizer
+from core.data.feedback import open_feedback, read_rows
 from core.events import EventLog
 from core.registry import ModelRegistry
 from demo.world import FACTS
@@ -74,7 +74,13 @@ def loop_config(world: dict, **overrides) -> LoopConfig:
         "policy": {"min_new_examples": 8, "cooldown_s": 0},
         "gate": {"margin": 0.005, "tolerance": 0.25},
         "canary": {"weight": 50, "min_rated": 4, "max_acceptance_drop": 0.1},
-        "finetune": {"recipe": str(world["recipe"]), "block_size": 64},
+        "finetune": {
+            "recipe": str(world["recipe"]),
+            "block_size": 64,
+            # A preference objective end to end: SFT on the corrections, then DPO of each
+            # correction over the served answer it corrects.
+            "objectives": [{"objective": "sft", "steps": 20}, {"objective": "dpo", "steps": 10}],
+        },
         "evaluate": {"heldout_snapshot_uri": world["heldout"], "max_heldout_blocks": 16},
         "jobs": {
             "python": sys.executable,
@@ -193,15 +199,16 @@ def test_loop_promotes_rolls_back_and_rejects(ray_session, world, tmp_path) -> N
 
     # Lineage: candidate -> feedback snapshot -> the events; attacks never trained on.
     snap_uri = state["history"][0]["snapshot_uri"]
-    snap, manifest = open_snapshot(snap_uri)
+    snap, manifest = open_feedback(snap_uri)
     trained = {users.feedback_ids[f.questions[0]] for f in FACTS[:12]} & set(manifest.parents)
     assert trained, "the snapshot's lineage names the feedback events it came from"
     assert users.feedback_ids["What now?"] not in manifest.parents
-    text = "".join(
-        snapshot_tokenizer(snap, manifest).tokenizer.decode(ids)
-        for ids in iter_documents(snap, manifest)
-    )
+    assert manifest.counts.sft and manifest.counts.preference, manifest.counts
+    rows = read_rows(snap, manifest, "sft") + read_rows(snap, manifest, "preference")
+    text = " ".join(r.get("completion") or r["chosen"] for r in rows)
     assert all(a not in text for a in ATTACKS)
+    candidate_curve = registry.get(candidate).metrics["curve"]
+    assert "rewards/margin" in candidate_curve[-1], "the DPO stage ran and logged its margins"
     assert registry.get(candidate).lineage.dataset_snapshots[0].snapshot_id == manifest.snapshot_id
     kinds = [n["kind"] for n in registry.lineage(candidate)]
     assert "source" in kinds and kinds.count("version") >= 2

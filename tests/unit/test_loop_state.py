@@ -129,7 +129,7 @@ class Consumer:
         ]
         return {"upto": 5, "examples": examples, "quarantined": []}
 
-    def mark_published(self, upto: int) -> None:
+    def mark_published(self, upto: int, ratings_upto: int | None = None) -> None:
         self.published.append(upto)
 
 
