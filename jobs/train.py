@@ -29,7 +29,7 @@ from core.registry import ModelRegistry, RegistryError
 from core.registry.provenance import code_version, package_versions
 from core.storage import Location
 from jobs.runtime import Progress, config_args, init_ray, quiet_ray_data
-from jobs.train_feedback import check_objectives, data_text
+from jobs.train_feedback import check_objectives, data_text, metrics_text
 from schemas.feedback import FeedbackManifest
 from schemas.registry import Lineage, ModelVersion, SnapshotRef
 from schemas.snapshot import SHARD_COLUMNS, SnapshotManifest
@@ -237,6 +237,8 @@ class StepProgress:
             self.first = False
             self.bar.reset(total=self.cfg.optim.max_steps)
         postfix = {"loss": f"{s['loss']:.3f}", "tok_s": f"{s['tokens_per_s']:,.0f}"}
+        if "rewards/margin" in (s.get("metrics") or {}):
+            postfix["margin"] = f"{s['metrics']['rewards/margin']:.2f}"
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(s["step"] - self.bar.n)
         every = self.cfg.metrics.log_every_steps
@@ -244,6 +246,7 @@ class StepProgress:
             self.progress.say(
                 f"step {s['step']}/{self.cfg.optim.max_steps} loss {s['loss']:.4f} "
                 f"lr {s['lr']:.2e} {s['tokens_per_s']:,.0f} tok/s MFU {s['mfu']:.1%}"
+                f"{metrics_text(s.get('metrics') or {})}"
             )
 
 

@@ -164,6 +164,13 @@ def data_text(manifest: SnapshotManifest | FeedbackManifest) -> str:
     return f"{manifest.counts.blocks} blocks of {manifest.block_size}"
 
 
+def metrics_text(metrics: dict[str, float]) -> str:
+    """The objective's metrics for a log line: ' margin 0.41 acc 0.75 ...' (TRL's names)."""
+    short = {"rewards/margin": "margin", "rewards/accuracy": "acc", "logps/chosen": "logp_c",
+             "logps/rejected": "logp_r", "kl": "kl", "replay_loss": "replay"}  # fmt: skip
+    return "".join(f" {short[k]} {v:.3f}" for k, v in metrics.items() if k in short)
+
+
 # ---------------------------------------------------------------------------------------------
 # Reference log-probabilities
 

@@ -39,7 +39,7 @@ from core.training import (
     train_steps,
     use_bf16,
 )
-from jobs.train_feedback import FeedbackData, run_stages
+from jobs.train_feedback import FeedbackData, metrics_text, run_stages
 from schemas.train import TrainConfig
 
 CHECKPOINT_TAG = "ds"
@@ -287,13 +287,6 @@ class _Meter:
             "workers": self.world,
             "resumed_at": list(state.resumed_at),
         }
-
-
-def metrics_text(metrics: dict[str, float]) -> str:
-    """The objective's metrics for a log line: ' margin 0.41 acc 0.75 ...' (TRL's names)."""
-    short = {"rewards/margin": "margin", "rewards/accuracy": "acc", "logps/chosen": "logp_c",
-             "logps/rejected": "logp_r", "kl": "kl", "replay_loss": "replay"}  # fmt: skip
-    return "".join(f" {short[k]} {v:.3f}" for k, v in metrics.items() if k in short)
 
 
 def _save(

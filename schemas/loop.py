@@ -77,9 +77,13 @@ class FinetuneSettings(StrictModel):
     objectives: list[Stage] = Field(
         default_factory=list,
         description="What the fine-tune learns from, in order, e.g. [{objective: sft, steps: "
-        "24}, {objective: dpo, steps: 8}]; a stage whose examples the snapshot lacks is "
-        "skipped (no corrections: no sft or dpo, so kto alone learns from ratings). Unset: "
-        "the recipe's own objective and steps.",
+        "24}, {objective: dpo, steps: 8}]; a stage whose rows the snapshot lacks is skipped. "
+        "Unset: the recipe's own objective and steps.",
+    )
+    ratings_only_objectives: list[Stage] = Field(
+        default_factory=lambda: [Stage(objective="kto", steps=24)],
+        description="Instead of `objectives` when users only rated (no corrections): what "
+        "ratings alone can teach.",
     )
 
 

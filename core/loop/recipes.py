@@ -88,16 +88,18 @@ NEEDS = {
 def objective_plan(
     cfg: LoopConfig, base: TrainConfig, counts: dict[str, int] | None
 ) -> dict[str, Any]:
-    """The loop's objectives, less those whose rows this snapshot lacks (ratings alone: kto
-    alone); the steps of what runs become ``optim.max_steps``."""
+    """The loop's objectives (its ratings-only ones when nobody corrected anything), less
+    those whose rows this snapshot lacks; their steps become ``optim.max_steps``."""
     if not cfg.finetune.objectives:
         return {}
     counts = counts or {}
-    stages = [s for s in cfg.finetune.objectives if any(counts.get(k) for k in NEEDS[s.objective])]
+    corrected = counts.get("sft") or counts.get("preference")
+    wanted = cfg.finetune.objectives if corrected else cfg.finetune.ratings_only_objectives
+    stages = [s for s in wanted if any(counts.get(k) for k in NEEDS[s.objective])]
     if not stages:
         raise ValueError(
             f"the feedback snapshot has no rows for any of the loop's objectives "
-            f"({[s.objective for s in cfg.finetune.objectives]}): counts {counts}"
+            f"({[s.objective for s in wanted]}): counts {counts}"
         )
     steps = sum(s.steps for s in stages)
     optim = base.optim.model_copy(update={"max_steps": steps})
