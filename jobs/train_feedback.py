@@ -64,7 +64,8 @@ class FeedbackData:
         self.rows = {
             k: rank_rows(read_rows(snap, manifest, k), rank, world) for k in set(ROWS.values())
         }
-        self.replay = rank_rows(_replay_blocks(loop_config.get("replay_pieces") or []), rank, world)
+        pieces = loop_config.get("replay_pieces") or []
+        self.replay = rank_rows(_replay_blocks(pieces, cfg), rank, world)
 
     def batches(self, objective: str, seed: int, skip: int) -> Iterator[Item]:
         """Micro-batches of the objective's rows, epoch after epoch, reshuffled each epoch;
@@ -82,11 +83,11 @@ class FeedbackData:
             for chunk in _chunks(order, size, objective):
                 seen += 1
                 if seen > skip:
-                    yield self._batch(objective, [rows[i] for i in chunk], chunk)
+                    yield self._batch(objective, [rows[i] for i in chunk], chunk, seen)
             epoch += 1
 
-    def _batch(self, objective: str, rows: list[dict], idx: list[int]) -> Item:
-        """One micro-batch and the real tokens it holds."""
+    def _batch(self, objective: str, rows: list[dict], idx: list[int], n: int) -> Item:
+        """The ``n``-th micro-batch and the real tokens it holds."""
         batch: dict[str, Any] = {"idx": torch.tensor(idx)}
         tokens = sum(
             len(r["prompt_ids"]) + len(r.get("completion_ids") or r["chosen_ids"]) for r in rows
@@ -110,7 +111,7 @@ class FeedbackData:
         else:
             batch["rows"] = rows
         if self.replay:
-            block = self.replay[(idx[0] + len(idx)) % len(self.replay)]
+            block = self.replay[n % len(self.replay)]  # each rehearsal block in turn
             batch["replay"] = batch_tensors(
                 np.asarray([block[0]]),
                 [block[1]],
@@ -130,10 +131,10 @@ def _chunks(order: list[int], size: int, objective: str) -> Iterator[list[int]]:
         yield order[i : i + per]
 
 
-def _replay_blocks(pieces: list[tuple[str, int, int | None]]) -> list[tuple]:
+def _replay_blocks(pieces: list[tuple[str, int, int | None]], cfg: TrainConfig) -> list[tuple]:
     out = []
     for uri, start, stop in pieces:
-        t = storage.read_parquet(storage.resolve(uri), list(SHARD_COLUMNS))
+        t = storage.read_parquet(storage.resolve(uri, cfg.storage), list(SHARD_COLUMNS))
         t = t.slice(start, None if stop is None else stop - start)
         for ids, segs, pad in zip(*(t[c].to_pylist() for c in SHARD_COLUMNS), strict=True):
             out.append((ids, segs, pad))

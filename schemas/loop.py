@@ -36,7 +36,7 @@ class GateSettings(StrictModel):
         ge=0,
         le=1,
         description="Answers users accepted (facts nobody corrected): at most this much less "
-        "often given than by production.",
+        "often given than by production (and always one answer of the held-back set).",
     )
     margin: float = Field(
         0.05,

@@ -207,7 +207,7 @@ def _report(corrected: tuple[float, float], accepted: tuple[float, float], heldo
             "feedback_loss": 1.0,
             "heldout_loss": loss,
             "corrected": {"accuracy": corrected[i]},
-            "accepted": {"accuracy": accepted[i]},
+            "accepted": {"accuracy": accepted[i], "n": 20},
         }
 
     return {"candidate": role(0, heldout), "production": role(1, 2.0)}
@@ -220,5 +220,8 @@ def test_the_gate_judges_what_users_taught() -> None:
     assert not no_gain.trigger and "corrections" in no_gain.reason
     forgot = gate(_report((0.7, 0.1), (0.6, 0.9), 2.0), cfg)
     assert not forgot.trigger and "accepted" in forgot.reason
+    few = _report((0.7, 0.1), (0.75, 1.0), 2.0)
+    few["candidate"]["accepted"]["n"] = 4
+    assert gate(few, cfg).trigger, "one answer of four is allowed to change"
     regress = gate(_report((0.7, 0.1), (0.9, 0.9), 2.5), cfg)
     assert not regress.trigger and "held-out" in regress.reason
