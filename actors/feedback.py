@@ -191,7 +191,10 @@ class FeedbackConsumer:
             fresh = self.state.candidates[self.state.published : upto]
             rated = self.state.ratings[self.state.ratings_published : ratings_upto]
         examples, quarantined = curate(Candidate(**c.model_dump()) for c in fresh)
-        answers, held = curate_ratings(Rating(**r.model_dump()) for r in rated)
+        # Feedback whose correction was quarantined is not trusted for its rating either.
+        distrusted = {i for q in quarantined for i in q.event_ids[1:]}
+        trusted = (r for r in rated if not distrusted & set(r.event_ids))
+        answers, held = curate_ratings(Rating(**r.model_dump()) for r in trusted)
         return {
             "upto": upto,
             "ratings_upto": ratings_upto,

@@ -136,25 +136,66 @@ def scores(registry: ModelRegistry, ref: str, corpus: list, taught: int) -> dict
     return out
 
 
-def run_learning(home: Path, arms: list[str], taught: int = 24) -> dict[str, Any]:
-    progress = Progress("bench")
-    registry, parent, corpus_uri = production(home, progress)
-    cfg = load_config(LoopConfig, REPO / "jobs" / "configs" / "loop-demo.yaml")
-    corpus = blocks(corpus_uri, cfg.storage, cfg.evaluate.max_heldout_blocks)
+def _parent_world(
+    home: Path, registry: ModelRegistry, parent: str, corpus: list, taught: int
+) -> tuple[list[CuratedExample], list[RatedAnswer], dict[str, int], dict[str, Any]]:
+    """The users' feedback on ``parent`` and its scores: computed once per parent (greedy,
+    deterministic) and kept in the home, so reruns spend their time on the arms."""
+    import json
+
+    cache = home / "bench" / f"parent-{parent.replace(':', '-')}-{taught}.json"
+    if cache.is_file():
+        raw = json.loads(cache.read_text())
+        return (
+            [CuratedExample.model_validate(e) for e in raw["examples"]],
+            [RatedAnswer.model_validate(r) for r in raw["rated"]],
+            raw["asked"],
+            raw["scores"],
+        )
     loaded = load_version(registry, parent, torch.float32)
     examples, rated, asked = user_feedback(loaded, taught)
     del loaded
-    table: dict[str, Any] = {
-        "parent": {"version": parent, **scores(registry, parent, corpus, taught)}
-    }
+    result = scores(registry, parent, corpus, taught)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({
+        "examples": [e.model_dump() for e in examples], "rated": [r.model_dump() for r in rated],
+        "asked": asked, "scores": result,
+    }))  # fmt: skip
+    return examples, rated, asked, result
+
+
+def arm_stages(arm: str) -> list[Stage]:
+    """``sft+dpo`` (the named arms' steps) or explicit ``sft:48+dpo:8``."""
+    if arm in ARMS:
+        return [Stage(objective=o, steps=n) for o, n in ARMS[arm]]
+    return [
+        Stage(objective=o, steps=int(n)) for o, n in (part.split(":") for part in arm.split("+"))
+    ]
+
+
+def run_learning(
+    home: Path, arms: list[str], taught: int = 24, overrides: list[str] | None = None
+) -> dict[str, Any]:
+    progress = Progress("bench")
+    registry, parent, corpus_uri = production(home, progress)
+    cfg = load_config(LoopConfig, REPO / "jobs" / "configs" / "loop-demo.yaml")
+    if overrides:  # e.g. optim.lr=3e-3: a variant of the loop's fine-tune, same for every arm
+        extra = [*cfg.finetune.overrides, *overrides]
+        cfg = cfg.model_copy(
+            update={"finetune": cfg.finetune.model_copy(update={"overrides": extra})}
+        )
+    corpus = blocks(corpus_uri, cfg.storage, cfg.evaluate.max_heldout_blocks)
+    examples, rated, asked, parent_scores = _parent_world(home, registry, parent, corpus, taught)
+    table: dict[str, Any] = {"parent": {"version": parent, **parent_scores}}
     for arm in arms:
-        job_examples = [] if arm == "kto" else examples  # kto: what ratings alone teach
+        only_kto = {st.objective for st in arm_stages(arm)} == {"kto"}
+        job_examples = [] if only_kto else examples  # kto: what ratings alone teach
         job = FeedbackSnapshotConfig(
             loop=cfg, upto=len(examples), examples=job_examples, rated=rated,
             production_snapshot=corpus_uri,
         )  # fmt: skip
         published = publish_feedback_snapshot(job)
-        stages = [Stage(objective=o, steps=n) for o, n in ARMS[arm]]
+        stages = arm_stages(arm)
         arm_cfg = cfg.model_copy(
             update={
                 "finetune": cfg.finetune.model_copy(

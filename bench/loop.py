@@ -120,13 +120,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", choices=["learning", "overhead", "all"], default="all")
     parser.add_argument("--home", default=".flywheel-bench", help="Demo home (reused).")
-    parser.add_argument("--arms", nargs="+", default=["lm", "sft", "sft+dpo", "kto"])
+    parser.add_argument(
+        "--arms", nargs="+", default=["lm", "sft", "sft+dpo", "kto"], help="or e.g. sft:48+dpo:8"
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="fine-tune override"
+    )
     args = parser.parse_args()
     if args.part in ("learning", "all"):
         from bench.learning import run_learning, summary
 
         init_ray(None)
-        result = run_learning(Path(args.home).resolve(), args.arms)
+        result = run_learning(Path(args.home).resolve(), args.arms, overrides=args.overrides)
         print(json.dumps({"benchmark": "loop_learning", **result, **summary(result)}, indent=2))
     if args.part in ("overhead", "all"):
         overhead()

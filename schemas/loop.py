@@ -41,8 +41,7 @@ class GateSettings(StrictModel):
     margin: float = Field(
         0.05,
         ge=0,
-        description="Feedback-set loss must drop by this share (when there are no held-back "
-        "corrections to answer: ratings alone).",
+        description="Held-back feedback's answer-token loss must drop by this share.",
     )
     tolerance: float = Field(0.05, ge=0, description="Held-out loss may rise by this share.")
 

@@ -79,10 +79,10 @@ class RetrainPolicy:
 
 
 def gate(report: dict[str, Any], cfg: GateSettings | None = None) -> Decision:
-    """Pass when the candidate answers held-back corrections right more often than
-    production (by ``min_accuracy_gain``), still gives the answers users accepted (at most
-    ``max_accepted_drop`` fewer), and its corpus loss is within the tolerance. Without
-    held-back corrections (ratings alone) the feedback-set loss must drop by the margin."""
+    """Pass when the candidate's loss on held-back feedback dropped by the margin, it answers
+    held-back corrections right more often than production (by ``min_accuracy_gain``), still
+    gives the answers users accepted (at most ``max_accepted_drop`` fewer), and its corpus
+    loss is within the tolerance."""
     cfg = cfg or GateSettings()
     cand, prod = report["candidate"], report["production"]
     losses = [
@@ -94,20 +94,18 @@ def gate(report: dict[str, Any], cfg: GateSettings | None = None) -> Decision:
     if not all(math.isfinite(x) and x > 0 for x in losses):
         return Decision(False, f"losses are not finite and positive: {losses} (diverged?)")
     regress = cand["heldout_loss"] / prod["heldout_loss"] - 1
-    said = []
+    fb_gain = 1 - cand["feedback_loss"] / prod["feedback_loss"]
+    if fb_gain < cfg.margin:
+        return Decision(
+            False, f"feedback-set loss improved {fb_gain:.1%} < margin {cfg.margin:.0%}"
+        )
+    said = [f"feedback-set loss -{fb_gain:.1%}"]
     if "corrected" in cand:
         c, p = cand["corrected"]["accuracy"], prod["corrected"]["accuracy"]
         if c - p < cfg.min_accuracy_gain:
             return Decision(False, f"held-back corrections answered right {c:.0%} vs "
                             f"production {p:.0%}: gain < {cfg.min_accuracy_gain:.0%}")  # fmt: skip
         said.append(f"held-back corrections right {c:.0%} (production {p:.0%})")
-    else:
-        fb_gain = 1 - cand["feedback_loss"] / prod["feedback_loss"]
-        if fb_gain < cfg.margin:
-            return Decision(
-                False, f"feedback-set loss improved {fb_gain:.1%} < margin {cfg.margin:.0%}"
-            )
-        said.append(f"feedback-set loss -{fb_gain:.1%}")
     if "accepted" in cand:
         c, p = cand["accepted"]["accuracy"], prod["accepted"]["accuracy"]
         # One answer of a handful is noise, not forgetting: allow at least one.

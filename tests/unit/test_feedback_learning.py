@@ -210,7 +210,9 @@ def _report(corrected: tuple[float, float], accepted: tuple[float, float], heldo
             "accepted": {"accuracy": accepted[i], "n": 20},
         }
 
-    return {"candidate": role(0, heldout), "production": role(1, 2.0)}
+    report = {"candidate": role(0, heldout), "production": role(1, 2.0)}
+    report["candidate"]["feedback_loss"] = 0.5
+    return report
 
 
 def test_the_gate_judges_what_users_taught() -> None:
@@ -223,5 +225,8 @@ def test_the_gate_judges_what_users_taught() -> None:
     few = _report((0.7, 0.1), (0.75, 1.0), 2.0)
     few["candidate"]["accepted"]["n"] = 4
     assert gate(few, cfg).trigger, "one answer of four is allowed to change"
+    no_loss_gain = _report((0.7, 0.1), (0.9, 0.9), 2.0)
+    no_loss_gain["candidate"]["feedback_loss"] = 1.0
+    assert "margin" in gate(no_loss_gain, cfg).reason
     regress = gate(_report((0.7, 0.1), (0.9, 0.9), 2.5), cfg)
     assert not regress.trigger and "held-out" in regress.reason
