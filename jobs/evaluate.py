@@ -25,7 +25,7 @@ import torch
 
 from core import storage
 from core.config import load_config
-from core.data.feedback import is_feedback_snapshot, open_feedback, read_rows
+from core.data.feedback import open_training_data, read_rows
 from core.data.snapshots import resolve_snapshot, shard_locations
 from core.generation.decoder import BatchDecoder
 from core.generation.loading import LoadedModel, load_version
@@ -36,6 +36,7 @@ from core.objectives import completion_logps
 from core.registry import ModelRegistry
 from core.training import batch_tensors
 from schemas.evaluate import EvalConfig
+from schemas.feedback import FeedbackManifest
 
 
 def blocks(uri: str, settings: Any, limit: int | None) -> list[tuple[np.ndarray, list, int]]:
@@ -103,30 +104,23 @@ def feedback_scores(
     """On held-back feedback: corrections answered as users said, accepted answers still
     given (each judged on what the answer adds to its question), the corrections' loss."""
     out: dict[str, Any] = {}
-    for name, part, column in (
-        ("corrected", rows["sft"], "completion"),
-        ("accepted", [r for r in rows["kto"] if r["desirable"]], "completion"),
-    ):
+    accepted = [r for r in rows["kto"] if r["desirable"]]
+    for name, part in (("corrected", rows["sft"]), ("accepted", accepted)):
         if not part:
             continue
         answers = greedy_answers(loaded, [r["prompt_ids"] for r in part], max_new)
-        right = [
-            answer_matches(expected_answer(r["prompt"], r[column]), a)
-            for r, a in zip(part, answers, strict=True)
-        ]
+        expected = [expected_answer(r["prompt"], r["completion"]) for r in part]
+        right = [answer_matches(e, a) for e, a in zip(expected, answers, strict=True)]
         out[name] = {
             "accuracy": sum(right) / len(right),
             "n": len(right),
             "samples": [
-                {"expected": expected_answer(r["prompt"], r[column]), "answer": a[:160], "ok": ok}
-                for r, a, ok in list(zip(part, answers, right, strict=True))[:6]
+                {"expected": e, "answer": a[:160], "ok": ok}
+                for e, a, ok in list(zip(expected, answers, right, strict=True))[:6]
             ],
         }
-    if rows["sft"]:
-        out["feedback_loss"] = _completion_loss(loaded, rows["sft"], pad_id)
-    elif out.get("accepted"):
-        accepted = [r for r in rows["kto"] if r["desirable"]]
-        out["feedback_loss"] = _completion_loss(loaded, accepted, pad_id)
+    if rows["sft"] or accepted:
+        out["feedback_loss"] = _completion_loss(loaded, rows["sft"] or accepted, pad_id)
     return out
 
 
@@ -201,9 +195,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 def _feedback(cfg: EvalConfig) -> tuple[dict[str, list[dict]], int, list]:
     """(rows by kind, pad id, []) of a feedback snapshot, or ({}, 0, packed blocks) of a
     corpus-format one."""
-    if not is_feedback_snapshot(cfg.feedback_snapshot_uri, cfg.storage):
+    snap, manifest = open_training_data(cfg.feedback_snapshot_uri, cfg.storage)
+    if not isinstance(manifest, FeedbackManifest):
         return {}, 0, blocks(cfg.feedback_snapshot_uri, cfg.storage, None)
-    snap, manifest = open_feedback(cfg.feedback_snapshot_uri, cfg.storage)
     rows = {k: read_rows(snap, manifest, k) for k in ("sft", "kto")}
     return rows, manifest.tokenizer.pad_token_id, []
 

@@ -31,7 +31,7 @@ from typing import Any
 from core import storage
 from core.config import load_config
 from core.data.feedback import write_feedback
-from core.data.tokenization import TokenizerBundle, load_tokenizer
+from core.data.tokenization import TokenizerBundle, load_tokenizer, tokenizer_files
 from core.loop.answers import normalize_answer
 from core.registry import ModelRegistry
 from core.registry.provenance import code_version
@@ -39,22 +39,19 @@ from jobs.runtime import config_args
 from schemas.loop import CuratedExample, FeedbackSnapshotConfig, RatedAnswer
 from schemas.snapshot import TokenizerInfo
 
-TOKENIZER_FILES = ("tokenizer", "special_tokens", "chat_template", "vocab", "merges")
-
 
 def held_prompts(examples: list[CuratedExample], rated: list[RatedAnswer], every: int = 5) -> set:
     """The prompts held back for evaluation (see the module docstring)."""
-    held = set()
     by_answer: dict[str, list[CuratedExample]] = defaultdict(list)
     for e in examples:
         by_answer[normalize_answer(e.answer)].append(e)
-    for group in by_answer.values():
-        group = sorted(group, key=lambda e: e.key)
-        # A quarter of the phrasings past the first of each answer: enough to judge a
-        # candidate, and most of what users taught stays in training.
-        held |= {e.prompt for e in group[1:] if int(e.key[:8], 16) % 4 == 0}
-    extra = sorted((e for g in by_answer.values() for e in sorted(g, key=lambda e: e.key)[1:]),
-                   key=lambda e: e.key)  # fmt: skip
+    # The phrasings past the first of each answer; a quarter of them are held back: enough
+    # to judge a candidate, and most of what users taught stays in training.
+    extra = sorted(
+        (e for group in by_answer.values() for e in sorted(group, key=lambda e: e.key)[1:]),
+        key=lambda e: e.key,
+    )
+    held = {e.prompt for e in extra if int(e.key[:8], 16) % 4 == 0}
     if extra and not held:  # a gate with nothing to answer would judge by loss alone
         held.add(extra[0].prompt)
     taught = {e.prompt for e in examples} - held
@@ -71,9 +68,10 @@ def publish_feedback_snapshot(job: FeedbackSnapshotConfig) -> dict[str, Any]:
     if not job.examples and not job.rated:
         raise ValueError("nothing to publish: no curated corrections and no rated answers")
     root = storage.resolve(cfg.loop_uri, cfg.storage).join("feedback")
-    files, bundle = _tokenizer(job)
+    source = storage.resolve(_tokenizer_uri(job), cfg.storage)
+    files, bundle = tokenizer_files(source), load_tokenizer(source.uri, cfg.storage)
     info = TokenizerInfo(
-        source=_tokenizer_uri(job),
+        source=source.uri,
         sha256=bundle.sha256,
         vocab_size=bundle.tokenizer.get_vocab_size(),
         eos_token_id=bundle.eos_token_id,
@@ -180,16 +178,6 @@ def build_rows(
         )
     ]
     return {"sft": sft, "preference": preference, "kto": kto}
-
-
-def _tokenizer(job: FeedbackSnapshotConfig) -> tuple[dict[str, bytes], TokenizerBundle]:
-    source = storage.resolve(_tokenizer_uri(job), job.loop.storage)
-    files = {
-        e.relpath: storage.read_bytes(e.location)
-        for e in storage.list_files(source, "*")
-        if e.relpath.startswith(TOKENIZER_FILES)
-    }
-    return files, load_tokenizer(source.uri, job.loop.storage)
 
 
 def _tokenizer_uri(job: FeedbackSnapshotConfig) -> str:

@@ -23,8 +23,9 @@ from typing import Any
 
 from core import storage
 from core.config import config_hash, load_config
-from core.data.feedback import is_feedback_snapshot, open_feedback
+from core.data.feedback import open_training_data
 from core.data.snapshots import resolve_snapshot, shard_locations
+from core.data.tokenization import tokenizer_files
 from core.registry import ModelRegistry, RegistryError
 from core.registry.provenance import code_version, package_versions
 from core.storage import Location
@@ -35,7 +36,6 @@ from schemas.registry import Lineage, ModelVersion, SnapshotRef
 from schemas.snapshot import SHARD_COLUMNS, SnapshotManifest
 from schemas.train import TrainConfig
 
-TOKENIZER_FILES = ("tokenizer", "special_tokens", "chat_template", "vocab", "merges")
 # Environment a worker needs that Ray does not pass on by itself.
 _WORKER_ENV = ("TORCH_EXTENSIONS_DIR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -46,12 +46,9 @@ def run_train(cfg: TrainConfig, progress: Progress | None = None) -> ModelVersio
     """Train as ``cfg`` says, register the result and return the new version."""
     progress = progress or Progress("train")
     init_ray(cfg.address)
-    feedback = is_feedback_snapshot(cfg.data.snapshot_uri, cfg.storage)
+    snap, manifest = open_training_data(cfg.data.snapshot_uri, cfg.storage)
+    feedback = isinstance(manifest, FeedbackManifest)
     check_objectives(cfg, feedback)
-    if feedback:
-        snap, manifest = open_feedback(cfg.data.snapshot_uri, cfg.storage)
-    else:
-        snap, manifest = resolve_snapshot(cfg.data.snapshot_uri, cfg.storage)
     replay = _replay_snapshot(cfg, manifest)
     registry = ModelRegistry(cfg.registry.uri, cfg.storage)
     base_ref = _base_ref(cfg, registry)
@@ -146,11 +143,7 @@ def _tokenizer_files(
         source = storage.resolve(cfg.model.uri, cfg.storage)
     else:
         source = snap.join(manifest.tokenizer.path)
-    return {
-        e.relpath: storage.read_bytes(e.location)
-        for e in storage.list_files(source, "*")
-        if e.relpath.startswith(TOKENIZER_FILES)
-    }
+    return tokenizer_files(source)
 
 
 def _fit(

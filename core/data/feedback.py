@@ -18,25 +18,33 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core import storage
+from core.data.snapshots import SnapshotNotFound, resolve_snapshot
 from core.storage import Location
 from schemas.feedback import KIND_COLUMNS, FeedbackCounts, FeedbackFile, FeedbackManifest
-from schemas.snapshot import TokenizerInfo
+from schemas.snapshot import SnapshotManifest, TokenizerInfo
 from schemas.storage import StorageSettings
-
-
-def is_feedback_snapshot(uri: str | Location, settings: StorageSettings | None = None) -> bool:
-    loc = storage.resolve(uri, settings).join("manifest.json")
-    return storage.exists(loc) and storage.read_json(loc).get("kind") == "feedback_snapshot"
 
 
 def open_feedback(
     uri: str | Location, settings: StorageSettings | None = None
 ) -> tuple[Location, FeedbackManifest]:
+    loc, manifest = open_training_data(uri, settings)
+    if not isinstance(manifest, FeedbackManifest):
+        raise SnapshotNotFound(f"{loc.uri} is a corpus snapshot, not a feedback snapshot")
+    return loc, manifest
+
+
+def open_training_data(
+    uri: str | Location, settings: StorageSettings | None = None
+) -> tuple[Location, FeedbackManifest | SnapshotManifest]:
+    """A feedback snapshot, or a corpus snapshot (a folder or a dataset root meaning its
+    newest, :func:`core.data.snapshots.resolve_snapshot`), by its manifest's kind."""
     loc = storage.resolve(uri, settings)
     manifest = loc.join("manifest.json")
-    if not storage.exists(manifest):
-        raise FileNotFoundError(f"no feedback snapshot at {loc.uri}: manifest.json is missing")
-    return loc, FeedbackManifest.model_validate(storage.read_json(manifest))
+    raw = storage.read_json(manifest) if storage.exists(manifest) else None
+    if raw and raw.get("kind") == "feedback_snapshot":
+        return loc, FeedbackManifest.model_validate(raw)
+    return resolve_snapshot(loc)
 
 
 def read_rows(snap: Location, manifest: FeedbackManifest, kind: str) -> list[dict[str, Any]]:

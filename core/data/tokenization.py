@@ -18,6 +18,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 
 from core import storage
 
+# The files of a Hugging Face model folder that make up its tokenizer (chat template included).
+TOKENIZER_FILES = ("tokenizer", "special_tokens", "chat_template", "vocab", "merges")
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 
@@ -128,3 +130,12 @@ def load_tokenizer(uri: str, settings: storage.StorageSettings | None = None) ->
         return load_hf_folder(Path(loc.path))
     with tempfile.TemporaryDirectory() as tmp:
         return load_hf_folder(storage.download_dir(loc, Path(tmp)))
+
+
+def tokenizer_files(folder: storage.Location) -> dict[str, bytes]:
+    """The tokenizer files of a model (or tokenizer) folder, by relative path."""
+    return {
+        e.relpath: storage.read_bytes(e.location)
+        for e in storage.list_files(folder, "*")
+        if e.relpath.startswith(TOKENIZER_FILES)
+    }

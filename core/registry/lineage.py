@@ -10,15 +10,13 @@ from schemas.storage import StorageSettings
 
 
 def walk_snapshot(uri: str, snapshot_id: str, depth: int, nodes: list, s3: Any) -> None:
-    from core.data.feedback import is_feedback_snapshot
-    from core.data.snapshots import SnapshotNotFound, open_snapshot
+    from core.data.feedback import open_training_data
+    from core.data.snapshots import SnapshotNotFound
+    from schemas.feedback import FeedbackManifest
 
     settings = StorageSettings(s3=s3) if s3 else None
     try:
-        if is_feedback_snapshot(uri, settings):
-            _walk_feedback(uri, snapshot_id, depth, nodes, settings)
-            return
-        _, m = open_snapshot(uri, settings)
+        _, m = open_training_data(uri, settings)
     except (SnapshotNotFound, StorageError):
         nodes.append(
             {
@@ -28,6 +26,9 @@ def walk_snapshot(uri: str, snapshot_id: str, depth: int, nodes: list, s3: Any) 
                 "detail": f"not readable at {uri}",
             }
         )
+        return
+    if isinstance(m, FeedbackManifest):
+        _walk_feedback(m, snapshot_id, depth, nodes)
         return
     c = m.counts
     nodes.append(
@@ -51,13 +52,8 @@ def walk_snapshot(uri: str, snapshot_id: str, depth: int, nodes: list, s3: Any) 
         nodes.append({"depth": depth + 1, "kind": "source", "id": parent, "detail": ""})
 
 
-def _walk_feedback(
-    uri: str, snapshot_id: str, depth: int, nodes: list, settings: StorageSettings | None
-) -> None:
+def _walk_feedback(m: Any, snapshot_id: str, depth: int, nodes: list) -> None:
     """A feedback snapshot: its counts by kind, then every event it came from."""
-    from core.data.feedback import open_feedback
-
-    _, m = open_feedback(uri, settings)
     c = m.counts
     detail = (
         f"feedback: {c.sft} corrections, {c.preference} preference pairs, "
