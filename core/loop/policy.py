@@ -85,6 +85,10 @@ def gate(report: dict[str, Any], cfg: GateSettings | None = None) -> Decision:
     loss is within the tolerance."""
     cfg = cfg or GateSettings()
     cand, prod = report["candidate"], report["production"]
+    if "feedback_loss" not in cand or "feedback_loss" not in prod:
+        # Only undesirable ratings were held back: nothing shows what the candidate got right.
+        return Decision(False, "the held-back feedback has no corrections or accepted answers "
+                        "to judge the candidate by")  # fmt: skip
     losses = [
         cand["feedback_loss"],
         cand["heldout_loss"],

@@ -111,6 +111,10 @@ def test_gate_and_canary() -> None:
     assert not gate(diverged).trigger and "finite" in gate(diverged).reason
     same = {**report, "candidate": {"feedback_loss": 1.99, "heldout_loss": 2.0}}
     assert not gate(same).trigger and "margin" in gate(same).reason
+    # Held-back feedback of undesirable ratings only: rejected with a reason, not a KeyError.
+    unjudged = {k: {"heldout_loss": 2.0} for k in ("candidate", "production")}
+    assert not gate(unjudged).trigger
+    assert "no corrections or accepted answers" in gate(unjudged).reason
     cfg = CanarySettings(min_rated=5, max_acceptance_drop=0.1)
     assert judge_canary({"rated": 2, "accepted": 2}, {"rated": 50, "accepted": 25}, cfg) is None
     assert judge_canary({"rated": 10, "accepted": 8}, {"rated": 50, "accepted": 25}, cfg).trigger
