@@ -8,6 +8,7 @@ DeepSpeed engine interface the loop uses (forward, ``backward``, ``step``).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -167,6 +168,24 @@ def use_bf16(setting: str, use_gpu: bool) -> bool:
 # Models
 
 
+def _warn_if_lora_differs(adapter_dir: Path, lora: LoraConfig | None) -> None:
+    """Continuing an adapter keeps its shape: say so when the recipe asks for another."""
+    import json
+
+    saved = json.loads((adapter_dir / "adapter_config.json").read_text())
+    if lora is None:
+        return
+    asked = {"r": lora.r, "lora_alpha": lora.alpha}
+    differs = {k: (v, saved.get(k)) for k, v in asked.items() if saved.get(k) not in (None, v)}
+    if differs:
+        logging.getLogger(__name__).warning(
+            "continuing the adapter in %s with its own %s; the recipe's %s do not apply",
+            adapter_dir,
+            ", ".join(f"{k}={theirs}" for k, (_, theirs) in differs.items()),
+            ", ".join(f"{k}={mine}" for k, (mine, _) in differs.items()),
+        )
+
+
 def build_model(
     mode: str,
     base_dir: Path | None,
@@ -192,6 +211,7 @@ def build_model(
         from peft import PeftModel
 
         if mode == "lora":
+            _warn_if_lora_differs(adapter_dir, lora)
             return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
         model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     if mode == "lora":

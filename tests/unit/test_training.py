@@ -129,3 +129,27 @@ def test_pinned_loss_curve() -> None:
     losses = [round(p["loss"], 4) for p in state.curve]
     assert state.step == 12 and state.micro_batches == 24
     assert losses == pytest.approx(PINNED, abs=2e-3), losses
+
+
+def test_continuing_an_adapter_keeps_its_shape_and_says_so(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    from schemas.train import LoraConfig
+
+    base = tmp_path / "base"
+    tiny_model().save_pretrained(base)
+    peft_cfg = PeftLoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    get_peft_model(tiny_model(), peft_cfg).save_pretrained(tmp_path / "adapter")
+    asked = LoraConfig(r=16, alpha=32, target_modules=["q_proj", "v_proj"])
+    with caplog.at_level("WARNING", logger="core.training"):
+        model = build_model("lora", base, None, SPECIAL, asked, 0, tmp_path / "adapter")
+    assert model.peft_config["default"].r == 4
+    assert "r=4" in caplog.text and "r=16" in caplog.text
+    caplog.clear()
+    same = LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    with caplog.at_level("WARNING", logger="core.training"):
+        build_model("lora", base, None, SPECIAL, same, 0, tmp_path / "adapter")
+    assert "do not apply" not in caplog.text
