@@ -236,9 +236,14 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
     return total, trainable
 
 
-def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6N for the weights plus attention (PaLM's estimate)."""
-    return 6 * n_params + 12 * n_layers * hidden * seq_len
+def flops_per_token(
+    n_params: int, n_layers: int, hidden: int, seq_len: int, trainable: int | None = None
+) -> float:
+    """Training FLOPs per token (PaLM's estimate): 2N forward, 2N backward to the activations,
+    2N to the weight gradients (only the ``trainable`` ones: a frozen LoRA base needs none),
+    plus attention."""
+    trainable = n_params if trainable is None else trainable
+    return 4 * n_params + 2 * trainable + 12 * n_layers * hidden * seq_len
 
 
 def measure_matmul_flops(dtype: torch.dtype = torch.float32, seconds: float = 1.0) -> float:

@@ -240,7 +240,7 @@ class _Meter:
         layers = getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0)
         hidden = getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0)
         self.params, self.trainable = total, trainable
-        self.flops_per_token = flops_per_token(total, layers, hidden, block)
+        self.flops_per_token = flops_per_token(total, layers, hidden, block, trainable)
         self.peak = cfg.metrics.peak_flops_per_worker or measure_matmul_flops(
             torch.bfloat16 if bf16 else torch.float32, seconds=0.5
         )

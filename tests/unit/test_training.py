@@ -15,6 +15,7 @@ from core.training import (
     batch_tensors,
     build_model,
     deepspeed_config,
+    flops_per_token,
     lr_lambda,
     train_steps,
 )
@@ -153,3 +154,10 @@ def test_continuing_an_adapter_keeps_its_shape_and_says_so(
     with caplog.at_level("WARNING", logger="core.training"):
         build_model("lora", base, None, SPECIAL, same, 0, tmp_path / "adapter")
     assert "do not apply" not in caplog.text
+
+
+def test_flops_per_token_counts_weight_gradients_only_for_trainable_weights() -> None:
+    full = flops_per_token(1000, 2, 8, 16)
+    assert full == 6 * 1000 + 12 * 2 * 8 * 16  # PaLM's 6N plus attention
+    # LoRA: the frozen base still runs forward and backward to the activations (4N).
+    assert flops_per_token(1000, 2, 8, 16, trainable=10) == full - 2 * 990
