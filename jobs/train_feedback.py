@@ -4,7 +4,8 @@ A feedback snapshot (``schemas.feedback``) is small, tens to thousands of exampl
 worker reads its rows straight from storage and holds them: rank ``r`` of ``w`` takes rows
 ``r, r + w, ...``, wrapping round so every rank has as many (under ZeRO-3 each forward is a
 collective: every rank must run the same number). The rehearsal blocks of the corpus are
-split the same way and add their language-model loss (``data.replay_weight``) to every step.
+split the same way and add their language-model loss (``data.replay_weight``) to every
+``data.replay_every``-th micro-batch.
 
 Stages run in order (``TrainConfig.plan``). A preference stage first scores its rows with
 the policy it starts from, under ``no_grad``: those are the reference log-probabilities
@@ -110,8 +111,8 @@ class FeedbackData:
             )
         else:
             batch["rows"] = rows
-        if self.replay:
-            block = self.replay[n % len(self.replay)]  # each rehearsal block in turn
+        block = replay_block(self.replay, n, self.cfg.data.replay_every)
+        if block is not None:
             batch["replay"] = batch_tensors(
                 np.asarray([block[0]]),
                 [block[1]],
@@ -120,6 +121,14 @@ class FeedbackData:
             )
             tokens += len(block[0]) - block[2]
         return batch, tokens
+
+
+def replay_block(replay: list[Any], n: int, every: int) -> Any | None:
+    """The rehearsal block of the ``n``-th micro-batch (from 1): one every ``every``, each
+    block in turn; None between them or without rehearsal."""
+    if not replay or (n - 1) % every:
+        return None
+    return replay[(n - 1) // every % len(replay)]
 
 
 def _chunks(order: list[int], size: int, objective: str) -> Iterator[list[int]]:

@@ -51,7 +51,14 @@ class DataConfig(StrictModel):
         1.0,
         ge=0,
         description="Feedback objectives (sft, dpo, kto): weight of the rehearsal blocks' "
-        "language-model loss, added to the objective's loss at every step.",
+        "language-model loss, added to the objective's loss on the steps that rehearse.",
+    )
+    replay_every: int = Field(
+        1,
+        ge=1,
+        description="Feedback objectives: rehearse one corpus block every this many "
+        "micro-batches (1: every one). A block costs as much compute as a micro-batch of "
+        "feedback, so 2 trains on the feedback half as fast again for the same time.",
     )
     block_size: int = Field(
         256, ge=8, description="Feedback objectives: tokens per packed SFT block."

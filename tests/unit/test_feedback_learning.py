@@ -20,7 +20,7 @@ from core.loop.recipes import objective_plan
 from core.training import batch_tensors, pack_examples
 from demo import world
 from jobs.feedback_snapshot import held_prompts
-from jobs.train_feedback import rank_rows
+from jobs.train_feedback import rank_rows, replay_block
 from schemas.events import Feedback
 from schemas.loop import CuratedExample, GateSettings, LoopConfig, RatedAnswer
 from schemas.train import TrainConfig
@@ -132,6 +132,15 @@ def test_rows_split_evenly_across_ranks() -> None:
     shares = [rank_rows(rows, r, 2) for r in range(2)]
     assert shares == [[0, 2, 4], [1, 3, 0]], "wrapping round: every rank runs as many forwards"
     assert rank_rows([7], 1, 2) == [7]
+
+
+def test_rehearsal_every_kth_micro_batch_takes_each_block_in_turn() -> None:
+    blocks = ["a", "b", "c"]
+    assert [replay_block(blocks, n, 1) for n in range(1, 5)] == ["a", "b", "c", "a"]
+    assert [replay_block(blocks, n, 2) for n in range(1, 8)] == [
+        "a", None, "b", None, "c", None, "a"
+    ]  # fmt: skip
+    assert replay_block([], 1, 1) is None
 
 
 def _loop(**finetune) -> LoopConfig:
