@@ -124,6 +124,18 @@ class ScalingConfig(StrictModel):
     resources_per_worker: dict[str, float] = Field(
         default_factory=lambda: {"CPU": 1.0}, description="Ray resources per worker."
     )
+    threads_per_worker: int | None = Field(
+        None,
+        ge=1,
+        description="Torch compute threads per worker; by default the worker's CPUs, at "
+        "least 1: more threads than cores makes workers that share them preempt each other.",
+    )
+
+    def threads(self) -> int:
+        """What each worker passes to ``torch.set_num_threads``."""
+        if self.threads_per_worker:
+            return self.threads_per_worker
+        return max(1, int(self.resources_per_worker.get("CPU", 1.0)))
 
 
 class CheckpointConfig(StrictModel):

@@ -161,3 +161,11 @@ def test_flops_per_token_counts_weight_gradients_only_for_trainable_weights() ->
     assert full == 6 * 1000 + 12 * 2 * 8 * 16  # PaLM's 6N plus attention
     # LoRA: the frozen base still runs forward and backward to the activations (4N).
     assert flops_per_token(1000, 2, 8, 16, trainable=10) == full - 2 * 990
+
+
+def test_workers_get_as_many_torch_threads_as_cpus() -> None:
+    from schemas.train import ScalingConfig
+
+    assert ScalingConfig(resources_per_worker={"CPU": 0.5}).threads() == 1
+    assert ScalingConfig(resources_per_worker={"CPU": 4}).threads() == 4
+    assert ScalingConfig(resources_per_worker={"CPU": 4}, threads_per_worker=2).threads() == 2
