@@ -165,7 +165,9 @@ def _parent_world(
 
 
 def arm_stages(arm: str) -> list[Stage]:
-    """``sft+dpo`` (the named arms' steps) or explicit ``sft:48+dpo:8``."""
+    """``sft+dpo`` (the named arms' steps) or explicit ``sft:48+dpo:8``; an ``@...`` suffix
+    holds the arm's own fine-tune overrides (``arm_overrides``)."""
+    arm = arm.split("@")[0]
     if arm in ARMS:
         return [Stage(objective=o, steps=n) for o, n in ARMS[arm]]
     return [
@@ -173,8 +175,17 @@ def arm_stages(arm: str) -> list[Stage]:
     ]
 
 
+def arm_overrides(arm: str) -> list[str]:
+    """``sft:80@data.micro_batch_size=1,data.replay_every=2`` -> those two overrides."""
+    return [o for o in arm.partition("@")[2].split(",") if o]
+
+
 def run_learning(
-    home: Path, arms: list[str], taught: int = 24, overrides: list[str] | None = None
+    home: Path,
+    arms: list[str],
+    taught: int = 24,
+    overrides: list[str] | None = None,
+    replay_blocks: int | None = None,
 ) -> dict[str, Any]:
     progress = Progress("bench")
     registry, parent, corpus_uri = production(home, progress)
@@ -184,6 +195,9 @@ def run_learning(
         cfg = cfg.model_copy(
             update={"finetune": cfg.finetune.model_copy(update={"overrides": extra})}
         )
+    if replay_blocks is not None:
+        finetune = cfg.finetune.model_copy(update={"replay_blocks": replay_blocks})
+        cfg = cfg.model_copy(update={"finetune": finetune})
     corpus = blocks(corpus_uri, cfg.storage, cfg.evaluate.max_heldout_blocks)
     examples, rated, asked, parent_scores = _parent_world(home, registry, parent, corpus, taught)
     table: dict[str, Any] = {"parent": {"version": parent, **parent_scores}}
@@ -196,13 +210,9 @@ def run_learning(
         )  # fmt: skip
         published = publish_feedback_snapshot(job)
         stages = arm_stages(arm)
-        arm_cfg = cfg.model_copy(
-            update={
-                "finetune": cfg.finetune.model_copy(
-                    update=dict.fromkeys(("objectives", "ratings_only_objectives"), stages)
-                )
-            }
-        )
+        update: dict[str, Any] = dict.fromkeys(("objectives", "ratings_only_objectives"), stages)
+        update["overrides"] = [*cfg.finetune.overrides, *arm_overrides(arm)]
+        arm_cfg = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update=update)})
         cycle = Cycle(
             production=parent,
             snapshot_id=published["snapshot_id"],
@@ -210,18 +220,24 @@ def run_learning(
             counts=published["counts"],
         )
         train, _ = recipes.train_config(arm_cfg, cycle, corpus_uri)
-        train = train.model_copy(update={"run_name": f"bench-{arm}-{int(time.time())}"})
+        name = arm.split("@")[0].replace(":", "").replace("+", "-")
+        train = train.model_copy(update={"run_name": f"bench-{name}-{int(time.time())}"})
         t0 = time.perf_counter()
         version = run_train(train, progress)
         wall = time.perf_counter() - t0
         table[arm] = {
             "version": version.ref,
             "stages": [f"{s.objective}:{s.steps}" for s in train.plan()],
+            "overrides": arm_overrides(arm),
             "finetune_s": round(wall, 1),
             **scores(registry, version.ref, corpus, taught),
         }
         progress.say(f"{arm}: {table[arm]}")
-    return {"users": asked, "examples": len(examples), "rated": len(rated), "arms": table}
+    return {
+        "users": asked, "examples": len(examples), "rated": len(rated),
+        "finetune_overrides": cfg.finetune.overrides,
+        "replay_blocks": cfg.finetune.replay_blocks, "arms": table,
+    }  # fmt: skip
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:

@@ -121,17 +121,26 @@ def main() -> None:
     parser.add_argument("--part", choices=["learning", "overhead", "all"], default="all")
     parser.add_argument("--home", default=".flywheel-bench", help="Demo home (reused).")
     parser.add_argument(
-        "--arms", nargs="+", default=["lm", "sft", "sft+dpo", "kto"], help="or e.g. sft:48+dpo:8"
+        "--arms",
+        nargs="+",
+        default=["lm", "sft", "sft+dpo", "kto"],
+        help="or e.g. sft:48+dpo:8, sft:80@data.replay_every=2 (that arm's overrides)",
     )
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="fine-tune override"
+    )
+    parser.add_argument(
+        "--replay-blocks", type=int, default=None, help="rehearsal blocks (the loop's default)"
     )
     args = parser.parse_args()
     if args.part in ("learning", "all"):
         from bench.learning import run_learning, summary
 
         init_ray(None)
-        result = run_learning(Path(args.home).resolve(), args.arms, overrides=args.overrides)
+        result = run_learning(
+            Path(args.home).resolve(), args.arms, overrides=args.overrides,
+            replay_blocks=args.replay_blocks,
+        )  # fmt: skip
         print(json.dumps({"benchmark": "loop_learning", **result, **summary(result)}, indent=2))
     if args.part in ("overhead", "all"):
         overhead()

@@ -76,16 +76,13 @@ class FeedbackData:
             raise ValueError(
                 f"objective {objective}: the feedback snapshot has no {ROWS[objective]} rows"
             )
+        # SFT packs several short examples per block: a micro-batch of `size` rows would
+        # leave blocks mostly padding, so it takes rows for about `size` blocks.
         size = self.cfg.data.micro_batch_size
-        seen, epoch = 0, 0
-        while True:
-            order = list(range(len(rows)))
-            random.Random(seed + epoch).shuffle(order)
-            for chunk in _chunks(order, size, objective):
-                seen += 1
-                if seen > skip:
-                    yield self._batch(objective, [rows[i] for i in chunk], chunk, seen)
-            epoch += 1
+        per = size * PACKED_ROWS_PER_BLOCK if objective in ("lm", "sft") else size
+        for seen, chunk in enumerate(row_chunks(len(rows), per, seed), start=1):
+            if seen > skip:
+                yield self._batch(objective, [rows[i] for i in chunk], chunk, seen)
 
     def _batch(self, objective: str, rows: list[dict], idx: list[int], n: int) -> Item:
         """The ``n``-th micro-batch and the real tokens it holds."""
@@ -131,13 +128,19 @@ def replay_block(replay: list[Any], n: int, every: int) -> Any | None:
     return replay[(n - 1) // every % len(replay)]
 
 
-def _chunks(order: list[int], size: int, objective: str) -> Iterator[list[int]]:
-    # SFT packs several short examples per block: a micro-batch of `size` rows would leave
-    # blocks mostly padding, so it takes rows for about `size` blocks. The last chunk of an
-    # epoch may be smaller; every rank has as many rows, so as many chunks (ZeRO-3).
-    per = size * PACKED_ROWS_PER_BLOCK if objective in ("lm", "sft") else size
-    for i in range(0, len(order), per):
-        yield order[i : i + per]
+def row_chunks(n: int, per: int, seed: int) -> Iterator[list[int]]:
+    """Chunks of ``per`` row indices from epochs of ``n`` rows, each epoch reshuffled. A
+    chunk runs on into the next epoch rather than end short: a packed block holding one row
+    costs as much compute as a full one. Every rank has as many rows, so as many chunks."""
+    epoch, buffer = 0, []
+    while True:
+        order = list(range(n))
+        random.Random(seed + epoch).shuffle(order)
+        buffer.extend(order)
+        epoch += 1
+        while len(buffer) >= per:
+            yield buffer[:per]
+            buffer = buffer[per:]
 
 
 def _replay_blocks(pieces: list[tuple[str, int, int | None]], cfg: TrainConfig) -> list[tuple]:

@@ -5,6 +5,7 @@ of objectives, and the gate on what users taught."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from core.loop.recipes import objective_plan
 from core.training import batch_tensors, pack_examples
 from demo import world
 from jobs.feedback_snapshot import held_prompts
-from jobs.train_feedback import rank_rows, replay_block
+from jobs.train_feedback import rank_rows, replay_block, row_chunks
 from schemas.events import Feedback
 from schemas.loop import CuratedExample, GateSettings, LoopConfig, RatedAnswer
 from schemas.train import TrainConfig
@@ -132,6 +133,15 @@ def test_rows_split_evenly_across_ranks() -> None:
     shares = [rank_rows(rows, r, 2) for r in range(2)]
     assert shares == [[0, 2, 4], [1, 3, 0]], "wrapping round: every rank runs as many forwards"
     assert rank_rows([7], 1, 2) == [7]
+
+
+def test_row_chunks_are_full_and_cover_every_epoch() -> None:
+    chunks = list(itertools.islice(row_chunks(5, 4, seed=0), 5))  # 20 rows: 4 epochs
+    assert all(len(c) == 4 for c in chunks), "no short chunk at an epoch's end"
+    flat = [i for c in chunks for i in c]
+    assert all(sorted(flat[e * 5 : e * 5 + 5]) == list(range(5)) for e in range(4))
+    assert flat[:5] != flat[5:10], "each epoch reshuffled"
+    assert list(itertools.islice(row_chunks(5, 4, 0), 5)) == chunks, "deterministic (resume)"
 
 
 def test_rehearsal_every_kth_micro_batch_takes_each_block_in_turn() -> None:
