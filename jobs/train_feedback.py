@@ -149,8 +149,16 @@ def _replay_blocks(pieces: list[tuple[str, int, int | None]], cfg: TrainConfig) 
         t = storage.read_parquet(storage.resolve(uri, cfg.storage), list(SHARD_COLUMNS))
         t = t.slice(start, None if stop is None else stop - start)
         for ids, segs, pad in zip(*(t[c].to_pylist() for c in SHARD_COLUMNS), strict=True):
-            out.append((ids, segs, pad))
+            if has_targets(segs):
+                out.append((ids, segs, pad))
     return out
+
+
+def has_targets(segment_lengths: list[int]) -> bool:
+    """Whether a packed block has a token to predict: a document of at least two tokens. A
+    snapshot's last block can hold a single token; its loss is 0/0 = NaN, and DeepSpeed
+    silently skips every step whose gradients hold a NaN (every 8th step of the demo's)."""
+    return any(n >= 2 for n in segment_lengths)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from core.loop.recipes import objective_plan
 from core.training import batch_tensors, pack_examples
 from demo import world
 from jobs.feedback_snapshot import held_prompts
-from jobs.train_feedback import rank_rows, replay_block, row_chunks
+from jobs.train_feedback import has_targets, rank_rows, replay_block, row_chunks
 from schemas.events import Feedback
 from schemas.loop import CuratedExample, GateSettings, LoopConfig, RatedAnswer
 from schemas.train import TrainConfig
@@ -142,6 +142,13 @@ def test_row_chunks_are_full_and_cover_every_epoch() -> None:
     assert all(sorted(flat[e * 5 : e * 5 + 5]) == list(range(5)) for e in range(4))
     assert flat[:5] != flat[5:10], "each epoch reshuffled"
     assert list(itertools.islice(row_chunks(5, 4, 0), 5)) == chunks, "deterministic (resume)"
+
+
+def test_a_block_without_a_target_is_not_rehearsed() -> None:
+    # The demo snapshot's last block: one token and 255 of padding; its loss would be NaN.
+    inputs = batch_tensors(np.asarray([[5] + [0] * 7]), [[1]], [7])
+    assert (inputs["labels"][0, 1:] == -100).all(), "nothing to predict in it"
+    assert not has_targets([1]) and has_targets([1, 2]) and has_targets([246, 10])
 
 
 def test_rehearsal_every_kth_micro_batch_takes_each_block_in_turn() -> None:
