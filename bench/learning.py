@@ -167,7 +167,7 @@ def _parent_world(
 def arm_stages(arm: str) -> list[Stage]:
     """``sft+dpo`` (the named arms' steps) or explicit ``sft:48+dpo:8``; an ``@...`` suffix
     holds the arm's own fine-tune overrides (``arm_overrides``)."""
-    arm = arm.split("@")[0]
+    arm = arm.partition("@")[0]
     if arm in ARMS:
         return [Stage(objective=o, steps=n) for o, n in ARMS[arm]]
     return [
@@ -190,14 +190,11 @@ def run_learning(
     progress = Progress("bench")
     registry, parent, corpus_uri = production(home, progress)
     cfg = load_config(LoopConfig, REPO / "jobs" / "configs" / "loop-demo.yaml")
-    if overrides:  # e.g. optim.lr=3e-3: a variant of the loop's fine-tune, same for every arm
-        extra = [*cfg.finetune.overrides, *overrides]
-        cfg = cfg.model_copy(
-            update={"finetune": cfg.finetune.model_copy(update={"overrides": extra})}
-        )
+    # e.g. optim.lr=3e-3: a variant of the loop's fine-tune, the same for every arm
+    tune: dict[str, Any] = {"overrides": [*cfg.finetune.overrides, *(overrides or [])]}
     if replay_blocks is not None:
-        finetune = cfg.finetune.model_copy(update={"replay_blocks": replay_blocks})
-        cfg = cfg.model_copy(update={"finetune": finetune})
+        tune["replay_blocks"] = replay_blocks
+    cfg = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update=tune)})
     corpus = blocks(corpus_uri, cfg.storage, cfg.evaluate.max_heldout_blocks)
     examples, rated, asked, parent_scores = _parent_world(home, registry, parent, corpus, taught)
     table: dict[str, Any] = {"parent": {"version": parent, **parent_scores}}
@@ -220,7 +217,7 @@ def run_learning(
             counts=published["counts"],
         )
         train, _ = recipes.train_config(arm_cfg, cycle, corpus_uri)
-        name = arm.split("@")[0].replace(":", "").replace("+", "-")
+        name = arm.partition("@")[0].replace(":", "").replace("+", "-")
         train = train.model_copy(update={"run_name": f"bench-{name}-{int(time.time())}"})
         t0 = time.perf_counter()
         version = run_train(train, progress)

@@ -57,8 +57,8 @@ class DataConfig(StrictModel):
         1,
         ge=1,
         description="Feedback objectives: rehearse one corpus block every this many "
-        "micro-batches (1: every one). A block costs as much compute as a micro-batch of "
-        "feedback, so 2 trains on the feedback half as fast again for the same time.",
+        "micro-batches (1: every one). A block costs about as much compute as a block of "
+        "feedback: at 2 a step of one feedback block costs 1.5 blocks instead of 2.",
     )
     block_size: int = Field(
         256, ge=8, description="Feedback objectives: tokens per packed SFT block."
