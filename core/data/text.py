@@ -35,6 +35,26 @@ def clean_text(text: str, normalization: str = "NFKC") -> str:
     return _MANY_NEWLINES.sub("\n\n", text).strip()
 
 
+# Cyrillic and Greek letters drawn like Latin ones (Unicode confusables, the common subset).
+# NFKC leaves them alone, so "іgnоrе" (Cyrillic і, о, е) survives it.
+_CONFUSABLES = str.maketrans(
+    {
+        **dict(zip("аеіјорсухѕһԁԛԝӏ", "aeijopcyxshdqwl", strict=True)),
+        **dict(zip("АВЕКМНІЈОРСТУХЅԚԜҮҺ", "ABEKMHIJOPCTYXSQWYH", strict=True)),
+        **dict(zip("αικνορτυχϲ", "aikvoptuxc", strict=True)),
+        **dict(zip("ΑΒΕΖΗΙΚΜΝΟΡΤΥΧ", "ABEZHIKMNOPTYX", strict=True)),
+    }
+)
+
+
+def fold_confusables(text: str) -> str:
+    """Replace Cyrillic and Greek homoglyphs of Latin letters by those letters (case kept).
+
+    For checks, never for storage: it mangles real Cyrillic and Greek text.
+    """
+    return text.translate(_CONFUSABLES)
+
+
 def alpha_ratio(text: str) -> float:
     """Share of letters among the non-whitespace characters (1.0 for an empty text)."""
     visible = len(text) - sum(1 for c in text if c.isspace())

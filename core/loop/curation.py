@@ -7,6 +7,9 @@ served answer it corrects. A rating of a served answer becomes a KTO example: de
 its raters mostly gave 4-5, undesirable at 1-2 (:func:`curate_ratings`). Before anything is
 trained on:
 
+- answers (corrections, the served answers they reject, rated completions) are put in
+  ingest's normal form (``core.data.text.clean_text``), so training sees the corpus's form;
+  prompts stay as served (the rendered chat template the model saw);
 - PII is redacted (again: the event writer redacts too, curation must not depend on it);
 - duplicates (the same prompt and the same answer, compared as
   :func:`core.loop.answers.normalize_answer` tokens) collapse into one example that keeps
@@ -14,44 +17,30 @@ trained on:
 - feedback that looks like an attack on the model is quarantined with a reason and never
   trained on: ``instruction`` (text aimed at the model: "ignore previous instructions",
   role tags, special tokens), ``link`` (URLs), ``spam`` (repetition, shouting, oversize),
-  ``flood`` (one user sending a large share of the corrections), ``outlier`` (a correction
-  that contradicts the consensus of other users on the same prompt).
+  ``flood`` (one principal sending a large share of the corrections), ``outlier`` (a
+  correction that contradicts the consensus of other principals on the same prompt). The
+  rules read :func:`check_view`, which undoes disguises (fullwidth and homoglyph letters,
+  zero-width characters, defanged links). ``instruction`` and ``link`` also apply to what the
+  client wrote in the prompt (``core.loop.rules``, where the rules are).
+
+A principal is who the gateway says sent the feedback (``user``: the API key id, or key id and
+pseudonymised user for keys trusted to name their users). Floods and votes count principals,
+and events without one all count as one principal, so anonymous sock puppets are one voice.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from core.data.pii import PiiRedactor
+from core.data.text import clean_text
 from core.loop.answers import normalize_answer
+from core.loop.rules import CurationConfig, check_view, prompt_reason, text_reason
 
-_INSTRUCTION = re.compile(
-    r"ignore (all |any |the )?(previous|prior|above|earlier) (instructions|prompts?|rules)"
-    r"|disregard (all |any |the )?(previous|prior|above|your) "
-    r"|you are (now|no longer)\b|pretend (to be|you are)|act as (an?|the) "
-    r"|system prompt|jailbreak|developer mode|do anything now"
-    r"|<\|[a-z_]+\|>|\[/?inst\]|<</?sys>>|^\s*(system|assistant)\s*:",
-    re.IGNORECASE | re.MULTILINE,
-)
-_LINK = re.compile(
-    r"https?://|www\.|\b[a-z0-9-]+\.(com|net|org|io|ru|xyz|info|biz)\b", re.IGNORECASE
-)
-_REPEAT = re.compile(r"(.)\1{9,}|(\b\w+\b)(\W+\2\b){4,}", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class CurationConfig:
-    """Thresholds of the quarantine rules."""
-
-    max_chars: int = 2000
-    max_caps_ratio: float = 0.6
-    flood_min_items: int = 8
-    flood_max_share: float = 0.4
-    consensus_min_votes: int = 2
+__all__ = ["CurationConfig", "check_view", "curate", "curate_ratings", "text_reason"]
 
 
 @dataclass
@@ -64,6 +53,9 @@ class Candidate:
     event_ids: list[str]
     model_version: str
     rejected: str | None = None  # the served answer the correction replaces
+    # What the client wrote (message contents or the completion prompt), joined by newlines;
+    # the prompt adds the chat template. None for events from before it was recorded.
+    user_text: str | None = None
 
 
 @dataclass
@@ -92,21 +84,6 @@ class Quarantined:
     event_ids: list[str]
 
 
-def text_reason(answer: str, cfg: CurationConfig) -> str | None:
-    """Why one correction's text is unfit to train on, or None."""
-    if _INSTRUCTION.search(answer):
-        return "instruction"
-    if _LINK.search(answer):
-        return "link"
-    letters = [c for c in answer if c.isalpha()]
-    shouting = len(letters) >= 12 and sum(c.isupper() for c in letters) / len(letters)
-    if len(answer) > cfg.max_chars or _REPEAT.search(answer) or shouting > cfg.max_caps_ratio:
-        return "spam"
-    if not answer.strip():
-        return "spam"
-    return None
-
-
 def curate(
     candidates: Iterable[Candidate],
     cfg: CurationConfig | None = None,
@@ -118,38 +95,56 @@ def curate(
     kept: list[Candidate] = []
     quarantined: list[Quarantined] = []
     for c in candidates:
-        answer = redactor.redact(c.answer.strip())[0]
+        # Answers in ingest's normal form, as the corpus is; the prompt is kept as served (it
+        # is the rendered template the model saw, clean_text would change it).
+        answer = redactor.redact(clean_text(c.answer))[0]
         prompt = redactor.redact(c.prompt)[0]
-        reason = text_reason(answer, cfg)
+        reason = text_reason(answer, cfg) or prompt_reason(prompt, c.user_text)
         if reason:
             quarantined.append(Quarantined(reason, prompt, answer, c.user, c.event_ids))
         else:
-            rejected = redactor.redact(c.rejected.strip())[0] if c.rejected else None
-            kept.append(Candidate(prompt, answer, c.user, c.event_ids, c.model_version, rejected))
+            rejected = redactor.redact(clean_text(c.rejected))[0] if c.rejected else None
+            kept.append(
+                Candidate(
+                    prompt, answer, c.user, c.event_ids, c.model_version, rejected, c.user_text
+                )
+            )
     kept, flooded = _drop_floods(kept, cfg)
     kept, outliers = _drop_outliers(kept, cfg)
     return _dedupe(kept), quarantined + flooded + outliers
 
 
+# Who events without a principal count as: all of them together, one principal. Counting
+# each such event as its own voice let anonymous sock puppets outvote named users. (A NUL
+# keeps it apart from any id the gateway issues.)
+ANONYMOUS = "\0anonymous"
+
+
+def principal(user: str | None) -> str:
+    """Whom an item counts for in floods and votes: its principal, or the shared anonymous."""
+    return user or ANONYMOUS
+
+
 def _drop_floods(items: list[Candidate], cfg: CurationConfig) -> tuple[list, list]:
-    per_user = Counter(c.user for c in items if c.user)
+    """Quarantine every item of a principal that sent a large share of them."""
+    per_principal = Counter(principal(c.user) for c in items)
     total = len(items)
     flooders = {
-        u
-        for u, n in per_user.items()
+        who
+        for who, n in per_principal.items()
         if n >= cfg.flood_min_items and n / total > cfg.flood_max_share
     }
-    keep = [c for c in items if c.user not in flooders]
+    keep = [c for c in items if principal(c.user) not in flooders]
     out = [
         Quarantined("flood", c.prompt, c.answer, c.user, c.event_ids)
         for c in items
-        if c.user in flooders
+        if principal(c.user) in flooders
     ]
     return keep, out
 
 
 def _drop_outliers(items: list[Candidate], cfg: CurationConfig) -> tuple[list, list]:
-    """On a prompt several users corrected, keep the answers the most users agree on."""
+    """On a prompt several principals corrected, keep the answers most principals agree on."""
     by_prompt: dict[str, list[Candidate]] = defaultdict(list)
     for c in items:
         by_prompt[normalize_answer(c.prompt)].append(c)
@@ -157,7 +152,7 @@ def _drop_outliers(items: list[Candidate], cfg: CurationConfig) -> tuple[list, l
     for group in by_prompt.values():
         votes: dict[str, set] = defaultdict(set)
         for c in group:
-            votes[normalize_answer(c.answer)].add(c.user or c.event_ids[0])
+            votes[normalize_answer(c.answer)].add(principal(c.user))
         top = max(len(v) for v in votes.values())
         contested = len(votes) > 1 and top >= cfg.consensus_min_votes
         for c in group:
@@ -197,6 +192,8 @@ class Rating:
     user: str | None
     event_ids: list[str]
     model_version: str
+    # What the client wrote, as ``Candidate.user_text``.
+    user_text: str | None = None
 
 
 @dataclass
@@ -233,13 +230,17 @@ def curate_ratings(
     quarantined: list[Quarantined] = []
     scores: dict[str, int] = {}
     for r in ratings:
-        completion = redactor.redact(r.completion.strip())[0]
+        completion = redactor.redact(clean_text(r.completion))[0]
         prompt = redactor.redact(r.prompt)[0]
+        # A bad rating trains on its prompt as well: the prompt rules apply to every rating.
         reason = text_reason(completion, cfg) if r.rating >= 4 else None
+        reason = reason or prompt_reason(prompt, r.user_text)
         if reason:
             quarantined.append(Quarantined(reason, prompt, completion, r.user, r.event_ids))
             continue
-        kept.append(Candidate(prompt, completion, r.user, r.event_ids, r.model_version))
+        kept.append(
+            Candidate(prompt, completion, r.user, r.event_ids, r.model_version, None, r.user_text)
+        )
         scores[r.event_ids[-1]] = r.rating
     kept, flooded = _drop_floods(kept, cfg)
     return _vote(kept, scores), quarantined + flooded
@@ -252,7 +253,14 @@ def _vote(items: list[Candidate], scores: dict[str, int]) -> list[Rated]:
     out = []
     for group in groups.values():
         ratings = [scores[c.event_ids[-1]] for c in group]
-        good, bad = sum(r >= 4 for r in ratings), sum(r <= 2 for r in ratings)
+        # One vote per principal: the majority of its own ratings of this answer (a tie
+        # abstains). Majority, not latest: the input order is not reliably time order, and
+        # the verdict must not depend on it.
+        own: dict[str, list[int]] = defaultdict(list)
+        for c, rating in zip(group, ratings, strict=True):
+            own[principal(c.user)].append(rating)
+        leanings = [_leaning(mine) for mine in own.values()]
+        good, bad = leanings.count(1), leanings.count(-1)
         if good == bad:
             continue
         users = list(dict.fromkeys(c.user for c in group if c.user))
@@ -260,3 +268,9 @@ def _vote(items: list[Candidate], scores: dict[str, int]) -> list[Rated]:
         first = group[0]
         out.append(Rated(first.prompt, first.answer, good > bad, ratings, ids, users))
     return sorted(out, key=lambda r: r.key)
+
+
+def _leaning(ratings: list[int]) -> int:
+    """1 when more of the ratings are good (4-5) than bad (1-2), -1 for the reverse, else 0."""
+    good, bad = sum(r >= 4 for r in ratings), sum(r <= 2 for r in ratings)
+    return (good > bad) - (bad > good)
