@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_serializer
+from pydantic import (
+    Field,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
 
 from schemas.base import StrictModel
 
@@ -27,21 +34,37 @@ class SamplingFields(StrictModel):
     """What completions and chat completions share: the model and how to sample."""
 
     model: str = Field(
-        min_length=1, description="A version (name:3), an alias (name@canary) or a name."
+        min_length=1,
+        max_length=128,
+        description="A version (name:3), an alias (name@canary) or a name.",
     )
     max_tokens: int | None = Field(
         None, ge=1, description="Tokens to generate; None: the gateway's default, clamped."
     )
-    temperature: float = Field(1.0, ge=0, le=2, description="0: greedy decoding.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: probability mass kept.")
-    stop: str | list[str] | None = Field(
-        None, description="Up to 4 strings that end the text (not included in it)."
+    # Not in (0, 0.01): float32 logits / temperature overflow into NaN from about 1e-35, and
+    # vLLM raises anything under 0.01 to 0.01 (the two engines would disagree).
+    temperature: float = Field(
+        1.0, ge=0, le=2, description="0: greedy decoding; otherwise from 0.01 to 2."
     )
-    seed: int | None = Field(None, description="Makes sampling repeatable.")
+    top_p: float = Field(
+        1.0, gt=0, le=1, description="Nucleus sampling: probability mass kept, in (0, 1]."
+    )
+    stop: str | list[str] | None = Field(
+        None,
+        description="Up to 4 strings of 1 to 64 characters that end the text (not included).",
+    )
+    # int64, not negative: torch takes -2**63..2**64-1 but wraps negatives (-1 is 2**64-1),
+    # and vLLM reads -1 as no seed at all; every int64 tool (numpy, JSON parsers) takes it.
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**63 - 1,
+        description="Makes sampling repeatable: an integer from 0 to 2**63-1.",
+    )
     stream: bool = Field(False, description="Answer as server-sent events, chunk by chunk.")
     stream_options: StreamOptions | None = None
     user: str | None = Field(
-        None, max_length=256, description="End user id: keeps the canary split sticky."
+        None, max_length=128, description="End user id: keeps the canary split sticky."
     )
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
     presence_penalty: float | None = Field(
@@ -61,9 +84,37 @@ class SamplingFields(StrictModel):
     @classmethod
     def _stops(cls, value: str | list[str] | None) -> list[str] | None:
         stops = [value] if isinstance(value, str) else value
-        if stops and (len(stops) > 4 or any(not s for s in stops)):
-            raise ValueError("stop takes up to 4 non-empty strings")
+        # Long stops cost every step: each is searched for in the text, and up to its length
+        # of text is held back from the stream in case it is the start of one.
+        if stops and (len(stops) > 4 or any(not 1 <= len(s) <= 64 for s in stops)):
+            raise ValueError("stop takes up to 4 strings of 1 to 64 characters each")
         return stops
+
+    @field_validator(
+        "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", mode="wrap"
+    )
+    @classmethod
+    def _in_range(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> Any:
+        """A number out of bounds fails with its whole range (pydantic's names one bound)."""
+        ranges = {
+            "temperature": "0 (greedy) or from 0.01 to 2",
+            "top_p": "greater than 0 and at most 1",
+            "seed": f"an integer from 0 to 2**63-1 ({2**63 - 1})",
+            "presence_penalty": "from -2 to 2",
+            "frequency_penalty": "from -2 to 2",
+        }
+        bounds = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+        try:
+            checked = handler(value)
+        except ValidationError as e:
+            if not any(err["type"] in bounds for err in e.errors()):
+                raise  # not a number at all: pydantic's own message says so
+        else:
+            if not (info.field_name == "temperature" and 0 < checked < 0.01):
+                return checked
+        raise ValueError(f"{info.field_name} must be {ranges[info.field_name]}, got {value!r}")
 
 
 class CompletionRequest(SamplingFields):
@@ -77,7 +128,14 @@ class ChatMessage(StrictModel):
 
     role: Literal["system", "user", "assistant"]
     content: str
-    name: str | None = Field(None, description="The speaker's name, passed to the template.")
+    # The name reaches the chat template verbatim: no markup such as <|assistant|> in it.
+    name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="The speaker's name (letters, digits, _ and -; up to 64), for the template.",
+    )
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -89,11 +147,17 @@ class ChatCompletionRequest(SamplingFields):
 class FeedbackRequest(StrictModel):
     """``POST /v1/feedback``: a user's rating of a response, and optionally a better answer."""
 
-    response_id: str = Field(min_length=1, max_length=128, description="The response's id.")
-    rating: int = Field(ge=1, le=5, description="1 (bad) to 5 (good).")
-    correction: str | None = Field(None, max_length=20_000, description="What it should say.")
-    user: str | None = Field(None, max_length=256)
-    session_id: str | None = Field(None, max_length=256)
+    response_id: str = Field(
+        min_length=1,
+        max_length=128,
+        description="The response's id; only the API key it was served to may rate it.",
+    )
+    rating: int = Field(ge=1, le=5, description="1 (bad) to 5 (good); a later one replaces it.")
+    correction: str | None = Field(
+        None, max_length=4000, description="What it should say (curation keeps up to 2,000)."
+    )
+    user: str | None = Field(None, max_length=128, description="End user id (pseudonymised).")
+    session_id: str | None = Field(None, max_length=128, description="Pseudonymised too.")
 
 
 # -- responses --------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Requests that arrive together are gathered by ``@serve.batch`` and decoded as one batch a
 token at a time (grouped per version, see :class:`core.generation.decoder.BatchDecoder`); every
-request streams its own text as it comes. Portable (any CPU or GPU PyTorch runs on) and what
+request streams its own text as it comes, and a bad request fails alone (see
+:class:`core.generation.decoder.RequestBatch`). Portable (any CPU or GPU PyTorch runs on) and what
 the fast tests use; :mod:`serve_apps.vllm_engine` is the faster engine.
 """
 
@@ -15,9 +16,8 @@ from typing import Any
 
 from ray import serve
 
-from core.generation.decoder import BatchDecoder
+from core.generation.decoder import RequestBatch
 from core.generation.loading import LoadedModel, load_version
-from core.generation.sampling import SamplingParams
 from core.registry import ModelRegistry
 from schemas.serving import GeneratorSettings
 
@@ -41,8 +41,17 @@ class HFEngine:
     async def stream(
         self, model: LoadedModel, request: dict[str, Any]
     ) -> AsyncIterator[dict[str, Any]]:
+        # ``@serve.batch`` hands an exception the batch yields for this request over as a
+        # value, to this caller only; the batch's next step ends the stream (StopIteration).
+        # It is raised then: left unread, that end would log "exception never retrieved".
+        error: Exception | None = None
         async for chunk in self._batch((model, request)):
-            yield chunk
+            if isinstance(chunk, Exception):
+                error = chunk
+            else:
+                yield chunk
+        if error is not None:
+            raise error
 
     def reconfigure(self, max_batch_size: int | None, batch_wait_timeout_s: float | None) -> None:
         if max_batch_size is not None:
@@ -60,37 +69,12 @@ class HFEngine:
     async def _batch(
         self, items: list[tuple[LoadedModel, dict[str, Any]]]
     ) -> AsyncIterator[list[Any]]:
-        groups: dict[str, list[int]] = {}
-        for i, (loaded, _) in enumerate(items):
-            groups.setdefault(loaded.ref, []).append(i)
-        decoders = {
-            ref: BatchDecoder(
-                items[idx[0]][0],
-                [items[i][1]["prompt_ids"] for i in idx],
-                [SamplingParams.from_request(items[i][1]) for i in idx],
-            )
-            for ref, idx in groups.items()
-        }
-        for ref, idx in groups.items():
+        """One output per request and step: a chunk, its exception, or StopIteration (ended)."""
+        batch = RequestBatch(items)
+        for ref, idx in batch.groups.items():
             self._metrics.observe(len(idx), tags={"model_version": ref})
-        finished: set[int] = set()
-        while len(finished) < len(items):
-            outputs: list[Any] = [StopIteration] * len(items)
-            for ref, decoder in decoders.items():
-                if decoder.done:
-                    continue
-                step = await asyncio.to_thread(decoder.step)
-                for i, out in zip(groups[ref], step, strict=True):
-                    if i in finished:
-                        continue
-                    outputs[i] = {
-                        "text": out.text,
-                        "tokens": out.tokens,
-                        "finish_reason": out.finish_reason,
-                    }
-                    if out.finish_reason:
-                        finished.add(i)
-            yield outputs
+        while not batch.done:
+            yield await asyncio.to_thread(batch.step)
 
 
 def _batch_metric() -> Any:

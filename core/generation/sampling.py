@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+# Below this (but above 0, which is greedy) float32 logits / temperature overflow: measured,
+# logits of +-43 give NaN probabilities from 1e-37, penalized ones (-4,096) from 1e-35. vLLM
+# clamps anything under 0.01 up to 0.01; both engines refuse it instead, so they agree.
+MIN_TEMPERATURE = 0.01
+# What torch.Generator.manual_seed takes (negative seeds wrap around modulo 2**64).
+TORCH_SEED_RANGE = (-(2**63), 2**64 - 1)
 
 
 @dataclass(frozen=True)
@@ -19,6 +27,21 @@ class SamplingParams:
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Refuse what decoding cannot survive, so it fails this request as it is built (alone)
+        and never a batch mid-step; the gateway's schema is narrower still."""
+        t, (low, high) = self.temperature, TORCH_SEED_RANGE
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if not (t == 0 or (t >= MIN_TEMPERATURE and math.isfinite(t))):
+            raise ValueError(f"temperature must be 0 or at least {MIN_TEMPERATURE}, got {t}")
+        if not 0 < self.top_p <= 1:  # NaN fails too: the nucleus would keep no token
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and not low <= self.seed <= high:
+            raise ValueError(f"seed must be from {low} to {high}, got {self.seed}")
+        if not (math.isfinite(self.presence_penalty) and math.isfinite(self.frequency_penalty)):
+            raise ValueError("presence_penalty and frequency_penalty must be finite")
 
     @classmethod
     def from_request(cls, request: dict[str, Any]) -> SamplingParams:
