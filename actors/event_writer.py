@@ -122,6 +122,9 @@ class EventWriter:
                 update={
                     "prompt": self.redactor.redact(event.prompt)[0],
                     "completion": self.redactor.redact(event.completion)[0],
+                    "user_text": self.redactor.redact(event.user_text)[0]
+                    if event.user_text
+                    else None,
                 }
             )
         if event.correction:

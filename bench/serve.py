@@ -138,6 +138,7 @@ def deploy(work: Path, arm: str, port: int, args: argparse.Namespace) -> str:
         # Requests queue behind slow arms (HF one at a time): no gateway timeout in the way.
         "gateway": {
             "api_keys": [KEY],
+            "rate_limits": {"key_per_minute": 1e9, "user_per_minute": 1e9},  # load, not limits
             "max_tokens_ceiling": 1024,
             "num_cpus": 0.01,
             "request_timeout_s": 1800,

@@ -28,9 +28,19 @@ class ServedOutput(StrictModel):
     response_id: str = Field(description="The id the client got; feedback refers to it.")
     model: str = Field(description="Model name the client asked for.")
     model_version: str = Field(description="The exact version that answered ('name:3').")
-    route: str = Field("", description="How it was chosen: alias name, 'explicit' or 'pinned'.")
+    route: str = Field("", description="How it was chosen: alias name, 'explicit' or 'latest'.")
+    split: bool = Field(
+        False,
+        description="The traffic split chose the version (not the client): only these count "
+        "in a canary's statistics.",
+    )
     endpoint: Literal["completions", "chat.completions"]
     prompt: str = Field(description="The prompt text (chat turns rendered), PII redacted.")
+    user_text: str | None = Field(
+        None,
+        description="What the client wrote (message contents, or the prompt), joined by "
+        "newlines, PII redacted: what curation checks; the prompt adds the chat template.",
+    )
     completion: str = Field(description="The generated text, PII redacted.")
     prompt_tokens: int
     completion_tokens: int
@@ -38,7 +48,11 @@ class ServedOutput(StrictModel):
     latency_ms: float
     ttft_ms: float | None = Field(None, description="Time to first token, streamed responses.")
     stream: bool = False
-    user: str | None = None
+    user: str | None = Field(None, description="The end user, pseudonymised (keyed hash).")
+    key_id: str | None = Field(None, description="The API key's id (never the key).")
+    principal: str | None = Field(
+        None, description="Who this counts as in votes and limits (see Feedback.principal)."
+    )
     created_at: str = Field(default_factory=utc_now)
 
 
@@ -51,8 +65,15 @@ class Feedback(StrictModel):
     response_id: str
     rating: int = Field(ge=1, le=5, description="1 (bad) to 5 (good); 4 and up is accepted.")
     correction: str | None = Field(None, description="What the answer should have been.")
-    user: str | None = None
-    session_id: str | None = None
+    user: str | None = Field(None, description="The end user, pseudonymised (keyed hash).")
+    session_id: str | None = Field(None, description="Pseudonymised like the user.")
+    key_id: str | None = Field(None, description="The API key's id (never the key).")
+    principal: str | None = Field(
+        None,
+        description="Who this counts as in curation and canary votes: the key id, or "
+        "`key id/pseudonymous user` for a key trusted to name its users. None: an event from "
+        "before principals (all such count as one).",
+    )
     created_at: str = Field(default_factory=utc_now)
 
 

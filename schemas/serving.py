@@ -73,14 +73,60 @@ class GeneratorSettings(StrictModel):
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
 
 
+class ApiKey(StrictModel):
+    """One API key and who holds it. Events record the id, never the key."""
+
+    id: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Who holds the key: in events and limits."
+    )
+    key: str = Field(min_length=8, description="The secret a client sends as Bearer token.")
+    trust_user_ids: bool = Field(
+        False,
+        description="The holder authenticates its own end users (an application's backend): "
+        "each `user` it names is a principal of its own in curation and canary votes. Off: "
+        "everything the key sends is one principal, whatever `user` says.",
+    )
+    requests_per_minute: float | None = Field(
+        None, gt=0, description="This key's own limit; None: gateway.rate_limits.key_per_minute."
+    )
+    feedback_per_minute: float | None = Field(
+        None, gt=0, description="Its own feedback limit; None: rate_limits.feedback_per_minute."
+    )
+
+
+class RateLimits(StrictModel):
+    """Token buckets per gateway replica: a refill rate per minute and a burst."""
+
+    key_per_minute: float = Field(600, gt=0, description="Requests per API key.")
+    user_per_minute: float = Field(60, gt=0, description="Requests per end user of a key.")
+    feedback_per_minute: float = Field(120, gt=0, description="Feedback requests per API key.")
+    burst_s: float = Field(
+        10, gt=0, description="A full bucket holds this many seconds' worth of requests."
+    )
+    max_tracked: int = Field(
+        100_000, ge=1, description="Buckets kept; the longest idle are forgotten first."
+    )
+
+
 class GatewaySettings(StrictModel):
     """The OpenAI-compatible front door."""
 
     api_keys_env: str = Field(
-        "FLYWHEEL_API_KEYS", description="Environment variable with comma-separated API keys."
+        "FLYWHEEL_API_KEYS",
+        description="Environment variable with comma-separated keys: `id:secret` or a bare "
+        "`secret` (its id is then `key-` and 8 hex digits of its hash).",
     )
-    api_keys: list[str] = Field(
+    api_keys: list[ApiKey | str] = Field(
         default_factory=list, description="Keys from config (prefer the environment)."
+    )
+    pseudonym_key_env: str = Field(
+        "FLYWHEEL_PSEUDONYM_KEY",
+        description="Environment variable with the secret that user and session ids are hashed "
+        "with (HMAC-SHA256) before they reach any event; unset: derived from the API keys.",
+    )
+    rate_limits: RateLimits = Field(default_factory=RateLimits)
+    feedback_window_s: float = Field(
+        86400, gt=0, description="How long after a response its feedback is taken."
     )
     max_body_bytes: int = Field(1_000_000, gt=0)
     max_prompt_tokens: int = Field(1024, gt=0)
@@ -88,6 +134,9 @@ class GatewaySettings(StrictModel):
     default_max_tokens: int = Field(64, gt=0)
     request_timeout_s: float = Field(120.0, gt=0)
     routing_ttl_s: float = Field(1.0, ge=0, description="How long aliases/weights are cached.")
+    max_cached_models: int = Field(
+        256, ge=1, description="Model names whose aliases and weights are cached (LRU)."
+    )
     num_cpus: float = Field(0.1, gt=0)
     num_replicas: int = Field(1, ge=1)
 

@@ -1,7 +1,9 @@
 """The gateway's first step: a raw HTTP request decoded into what the generator gets.
 
-Checks the API key (constant time, against every key), the body's size, JSON and schema;
-routes the requested model to a version; renders the prompt (the chat template for chat) and
+Checks the API key (constant time, against every key) and the caller's rate limits, the
+body's size, JSON and schema; pseudonymises the caller's user id; routes the requested model
+to a version; renders the prompt (the chat template for chat), refuses text that carries the
+model's special tokens (they would be parsed as control tokens, here and in training) and
 counts its tokens against the limit. Every problem a client can cause is an :class:`ApiError`
 with a message that says what to do.
 """
@@ -9,20 +11,20 @@ with a message that says what to do.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
-import os
-import uuid
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
+from core.data.text import clean_text
 from core.generation.loading import fetch
 from core.registry import ModelRegistry, RegistryError
 from schemas.openai import ChatCompletionRequest, CompletionRequest
-from schemas.serving import GatewaySettings, ServeConfig
+from schemas.serving import ApiKey, GatewaySettings, ServeConfig
+from serve_apps.principals import LRU, KeyRing, Pseudonyms, RateLimiter, ResponseIds, principal
 from serve_apps.routing import Route, Router
 
 Endpoint = Literal["completions", "chat.completions"]
@@ -32,9 +34,28 @@ Body = TypeVar("Body", bound=BaseModel)
 class ApiError(Exception):
     """An error a client caused: an HTTP status and a message saying what to do."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
-        self.status, self.message, self.kind = status, message, kind
+        self.status, self.message, self.kind, self.headers = status, message, kind, headers
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: its API key, and its user and session as pseudonyms."""
+
+    key: ApiKey
+    user: str | None = None
+    session: str | None = None
+
+    @property
+    def principal(self) -> str:
+        return principal(self.key, self.user)
 
 
 @dataclass
@@ -48,6 +69,8 @@ class DecodedRequest:
     prompt_text: str
     prompt_tokens: int
     payload: dict[str, Any]  # the generator's request: prompt ids and sampling fields
+    caller: Caller
+    user_text: str  # what the client wrote: message contents or the prompt
 
 
 def describe(errors: list[Any]) -> str:
@@ -59,47 +82,79 @@ def describe(errors: list[Any]) -> str:
     return "; ".join(parts)
 
 
-def api_keys(cfg: ServeConfig) -> list[str]:
-    """The keys from config and from the environment variable it names."""
-    keys = list(cfg.gateway.api_keys)
-    keys += [
-        k.strip() for k in os.environ.get(cfg.gateway.api_keys_env, "").split(",") if k.strip()
-    ]
-    if not keys:
-        raise ValueError(
-            f"no API keys: set {cfg.gateway.api_keys_env}=key1,key2 (or gateway.api_keys)"
-        )
-    return keys
-
-
 class RequestDecoder:
     """Decodes requests for one gateway replica; caches the tokenizers it needs."""
 
     def __init__(self, cfg: ServeConfig, registry: ModelRegistry) -> None:
         self.limits: GatewaySettings = cfg.gateway
         self.registry = registry
-        self.router = Router(registry, cfg.gateway.routing_ttl_s)
-        self.keys = api_keys(cfg)
-        self._tokenizers: dict[str, Any] = {}
+        self.router = Router(registry, cfg.gateway.routing_ttl_s, cfg.gateway.max_cached_models)
+        self.keyring = KeyRing(cfg.gateway)
+        secret = self.keyring.secret(cfg.gateway)
+        self.pseudonyms = Pseudonyms(secret)
+        self.response_ids = ResponseIds(secret)
+        self.limiter = RateLimiter(cfg.gateway.rate_limits)
+        self._tokenizers: LRU[str, Any] = LRU(16)
         self._tokenizer_lock = asyncio.Lock()
 
-    def authorize(self, request: Request) -> None:
+    def authorize(self, request: Request, feedback: bool = False) -> ApiKey:
+        """The request's API key, once its rate limit allows (feedback has its own)."""
         header = request.headers.get("authorization", "")
         token = header[7:] if header.lower().startswith("bearer ") else ""
-        # Compare against every key, always, in constant time.
-        ok = False
-        for key in self.keys:
-            ok |= hmac.compare_digest(token.encode(), key.encode())
-        if not ok or not token:
+        key = self.keyring.find(token)
+        if key is None:
             raise ApiError(
                 401,
                 "missing or invalid API key: send Authorization: Bearer KEY",
                 "authentication_error",
             )
+        limits = self.limits.rate_limits
+        if feedback:
+            rate = key.feedback_per_minute or limits.feedback_per_minute
+            self._limit(f"feedback:{key.id}", rate, "feedback of this API key")
+        else:
+            rate = key.requests_per_minute or limits.key_per_minute
+            self._limit(f"key:{key.id}", rate, "this API key")
+        return key
 
-    async def body(self, request: Request, model: type[Body]) -> Body:
-        """The authorized request's body, read up to the size limit and validated."""
-        self.authorize(request)
+    def caller(self, key: ApiKey, user: str | None, session: str | None = None) -> Caller:
+        """The caller, its ids pseudonymised, once its user's rate limit allows."""
+        if user is not None and len(user) > 128:
+            raise ApiError(400, "user id over 128 characters")
+        caller = Caller(
+            key,
+            self.pseudonyms("user", user, key.id),
+            self.pseudonyms("session", session, key.id),
+        )
+        if caller.user:
+            rate = self.limits.rate_limits.user_per_minute
+            self._limit(f"user:{key.id}/{caller.user}", rate, "this user")
+        return caller
+
+    def _limit(self, bucket: str, per_minute: float, who: str) -> None:
+        wait = self.limiter.take(bucket, per_minute)
+        if wait is not None:
+            raise ApiError(
+                429,
+                f"rate limit of {who} reached ({per_minute:g} requests a minute): "
+                f"retry in {wait:.1f} s",
+                "rate_limit_error",
+                {"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+
+    def sizes(self) -> dict[str, int]:
+        """How much each cache holds: bounded whatever clients send."""
+        return {
+            "routes": len(self.router),
+            "rate_buckets": len(self.limiter),
+            "tokenizers": len(self._tokenizers),
+        }
+
+    async def body(
+        self, request: Request, model: type[Body], feedback: bool = False
+    ) -> tuple[ApiKey, Body]:
+        """The authorized request's key and body, read up to the size limit and validated."""
+        key = self.authorize(request, feedback)
         raw = await self._read(request)
         try:
             data = json.loads(raw)
@@ -108,7 +163,7 @@ class RequestDecoder:
         if not isinstance(data, dict):
             raise ApiError(400, "body must be a JSON object")
         try:
-            return model.model_validate(data)
+            return key, model.model_validate(data)
         except ValidationError as e:
             raise ApiError(422, describe(e.errors())) from None
 
@@ -127,9 +182,15 @@ class RequestDecoder:
     async def generation(self, request: Request, endpoint: Endpoint) -> DecodedRequest:
         """A completion or chat completion request, decoded down to the generator's input."""
         chat = endpoint == "chat.completions"
-        body = await self.body(request, ChatCompletionRequest if chat else CompletionRequest)
-        route = await self._route(body.model, body.user or request.headers.get("x-user-id"))
+        key, body = await self.body(request, ChatCompletionRequest if chat else CompletionRequest)
+        caller = self.caller(key, body.user or request.headers.get("x-user-id"))
+        route = await self._route(body.model, caller.user)
         tokenizer = await self._tokenizer(route.version)
+        # What the client wrote (names go into the template too): never a special token.
+        written = [m.content for m in body.messages] if chat else [body.prompt]
+        names = [m.name for m in body.messages if m.name] if chat else []
+        refuse_special_tokens(tokenizer, "\n".join(written + names))
+        user_text = "\n".join(written)
         text = self._chat_prompt(tokenizer, body, route) if chat else body.prompt
         ids = tokenizer(text, add_special_tokens=not chat).input_ids
         if len(ids) > self.limits.max_prompt_tokens:
@@ -140,11 +201,13 @@ class RequestDecoder:
         return DecodedRequest(
             body,
             endpoint,
-            prefix + uuid.uuid4().hex,
+            self.response_ids.issue(prefix, key.id),
             route,
             text,
             len(ids),
             self._payload(body, ids),
+            caller,
+            user_text,
         )
 
     async def _route(self, model: str, user: str | None) -> Route:
@@ -178,11 +241,33 @@ class RequestDecoder:
 
     async def _tokenizer(self, ref: str) -> Any:
         async with self._tokenizer_lock:  # concurrent first requests load it once
-            if ref not in self._tokenizers:
+            tokenizer = self._tokenizers.get(ref)
+            if tokenizer is None:
                 from transformers import AutoTokenizer
 
                 folder = await asyncio.to_thread(fetch, self.registry, ref)
-                self._tokenizers[ref] = await asyncio.to_thread(
-                    AutoTokenizer.from_pretrained, folder
-                )
-        return self._tokenizers[ref]
+                tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, folder)
+                self._tokenizers.put(ref, tokenizer)
+        return tokenizer
+
+
+def special_tokens(tokenizer: Any) -> set[str]:
+    """Every string ``tokenizer`` parses as a control token."""
+    found = set(getattr(tokenizer, "all_special_tokens", []))
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    found |= {t.content for t in decoder.values() if getattr(t, "special", False)}
+    return {t for t in found if t}
+
+
+def refuse_special_tokens(tokenizer: Any, text: str) -> None:
+    """A 400 if ``text`` holds one of the model's special tokens, as sent or once normalised
+    as ingest normalises (NFKC, zero-width characters dropped): parsed, it would act as a
+    role marker or end of text, when served and when trained on."""
+    views = {text, clean_text(text)}
+    for token in sorted(special_tokens(tokenizer)):
+        if any(token in view for view in views):
+            raise ApiError(
+                400,
+                f"the text holds the model's special token {token!r}: special tokens cannot "
+                "be sent as text (remove it or break it up)",
+            )

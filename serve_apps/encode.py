@@ -34,11 +34,15 @@ def json_response(body: BaseModel, status: int = 200, exclude_none: bool = False
     return JSONResponse(body.model_dump(mode="json", exclude_none=exclude_none), status)
 
 
-def error_response(message: str, kind: str, status: int) -> JSONResponse:
-    """An error body with its HTTP status, as OpenAI sends it."""
-    return json_response(
+def error_response(
+    message: str, kind: str, status: int, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """An error body with its HTTP status (and headers: Retry-After), as OpenAI sends it."""
+    response = json_response(
         ErrorBody(error=ErrorDetail(message=message, type=kind, code=status)), status
     )
+    response.headers.update(headers or {})
+    return response
 
 
 def sse(event: BaseModel, exclude_none: bool = False) -> str:

@@ -34,7 +34,7 @@ app = FastAPI(title="Flywheel gateway", version="1")
 
 @app.exception_handler(ApiError)
 async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-    return encode.error_response(exc.message, exc.kind, exc.status)
+    return encode.error_response(exc.message, exc.kind, exc.status, exc.headers)
 
 
 @app.exception_handler(RequestValidationError)
@@ -61,6 +61,10 @@ class Gateway:
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
+    def cache_sizes(self) -> dict[str, int]:
+        """Entries in this replica's caches (through a Serve handle, not HTTP)."""
+        return self.decoder.sizes()
+
     @app.get("/v1/models")
     async def models(self, request: Request) -> JSONResponse:
         self.decoder.authorize(request)
@@ -85,13 +89,28 @@ class Gateway:
 
     @app.post("/v1/feedback")
     async def feedback(self, request: Request) -> JSONResponse:
-        body = await self.decoder.body(request, FeedbackRequest)
+        """A rating of a response this API key was served, within the feedback window.
+
+        The response id itself proves it (see ``serve_apps.principals.ResponseIds``), so an
+        id the gateway never issued, or issued to another key, is a 404 and nothing is kept.
+        A later rating of the same response replaces the earlier (the consumer keeps the last).
+        """
+        key, body = await self.decoder.body(request, FeedbackRequest, feedback=True)
+        refused = self.decoder.response_ids.check(
+            body.response_id, key.id, self.cfg.gateway.feedback_window_s
+        )
+        if refused:
+            raise ApiError(404, f"response {body.response_id!r}: {refused}", "not_found_error")
+        user = body.user or request.headers.get("x-user-id")
+        caller = self.decoder.caller(key, user, body.session_id)
         event = Feedback(
             response_id=body.response_id,
             rating=body.rating,
             correction=body.correction,
-            user=body.user,
-            session_id=body.session_id,
+            user=caller.user,
+            session_id=caller.session,
+            key_id=key.id,
+            principal=caller.principal,
         )
         await self.telemetry.feedback(event)
         return encode.json_response(FeedbackAccepted(id=event.event_id))

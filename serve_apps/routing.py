@@ -2,7 +2,9 @@
 
 A request names ``name:3`` (that version), ``name@canary`` (that alias) or ``name``: then
 the traffic split (alias -> weight, from the registry) decides. A user id makes the choice
-sticky: the same user lands in the same bucket for as long as the weights stay put.
+sticky: the same user lands in the same bucket for as long as the weights stay put. Only a
+version the split chose is marked ``split``: a client that names ``name@canary`` itself
+is served, but its traffic says nothing about how the canary does with users.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.registry import ModelRegistry, RegistryError, parse_ref
+from serve_apps.principals import LRU
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class Route:
     version: str  # "name:3"
     model: str  # "name"
     route: str  # alias name, "explicit" or "latest"
+    split: bool = False  # the traffic split chose it
 
 
 def bucket(user: str, model: str) -> float:
@@ -47,10 +51,11 @@ class Router:
     """Resolves requested models against the registry, caching aliases and weights briefly
     so an alias move or a new split takes effect within ``ttl_s`` without a restart."""
 
-    def __init__(self, registry: ModelRegistry, ttl_s: float = 1.0) -> None:
+    def __init__(self, registry: ModelRegistry, ttl_s: float = 1.0, max_models: int = 256) -> None:
         self.registry = registry
         self.ttl_s = ttl_s
-        self._cache: dict[str, tuple[float, Any]] = {}
+        # Names come from clients: the cache keeps the most recent few, whatever they send.
+        self._cache: LRU[tuple[str, str], tuple[float, Any]] = LRU(3 * max_models)
         self._lock = threading.Lock()
         self._rng = random.Random()
 
@@ -67,10 +72,14 @@ class Router:
                 latest = self._cached(("latest", name), lambda: self.registry.get(name).ref)
                 return Route(latest, name, "latest")
             point = bucket(user, name) if user else self._rng.random() * 100
-            alias = pick_alias(live, point)
+            chosen = pick_alias(live, point)
+            return Route(f"{name}:{aliases[chosen]}", name, chosen, split=True)
         if alias not in aliases:
             raise RegistryError(f"{name} has no alias {alias!r}")
         return Route(f"{name}:{aliases[alias]}", name, alias)
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
     def _cached(self, key: tuple[str, str], load: Any) -> Any:
         now = time.monotonic()
@@ -80,5 +89,5 @@ class Router:
                 return hit[1]
         value = load()
         with self._lock:
-            self._cache[key] = (now, value)
+            self._cache.put(key, (now, value))
         return value

@@ -30,8 +30,10 @@ class GatewayTelemetry:
             model=decoded.route.model,
             model_version=decoded.route.version,
             route=decoded.route.route,
+            split=decoded.route.split,
             endpoint=decoded.endpoint,
             prompt=decoded.prompt_text,
+            user_text=decoded.user_text,
             completion=generation.text,
             prompt_tokens=decoded.prompt_tokens,
             completion_tokens=generation.tokens,
@@ -39,7 +41,9 @@ class GatewayTelemetry:
             latency_ms=generation.latency_s * 1000,
             ttft_ms=ttft * 1000 if ttft is not None else None,
             stream=decoded.body.stream,
-            user=decoded.body.user,
+            user=decoded.caller.user,
+            key_id=decoded.caller.key.id,
+            principal=decoded.caller.principal,
         )
         self.count(decoded, "200", generation.latency_s, ttft, generation.tokens)
         # The writer acknowledges once the event is durable; the client does not wait on it.
