@@ -206,8 +206,11 @@ class LoopController:
 
     def _canary(self) -> None:
         cur = self.state.cur
-        canary = machine.since(self.consumer.version_stats(cur.candidate), cur.canary_baseline)
-        production = self.consumer.version_stats(cur.production)
+        # Both sides over the same time, and only what the split routed: a client that names
+        # the canary, rates a response twice or rotates its user names cannot steer this.
+        since = cur.canary_started_at or 0.0
+        canary = self.consumer.canary_stats(cur.candidate, since)
+        production = self.consumer.canary_stats(cur.production, since) if cur.production else {}
         verdict = judge_canary(canary, production, self.cfg.canary)
         self.state = machine.canary_watched(self.state, canary)
         if verdict is None:

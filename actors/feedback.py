@@ -1,6 +1,11 @@
 """The feedback consumer: reads the event log from its committed offset, joins served
 outputs with feedback, keeps per-version statistics, curates corrections, measures drift.
 
+Each response holds at most one rating: a later feedback on it replaces the earlier in every
+count and candidate (the gateway lets only the key it was served to rate it). A canary is
+judged on :meth:`FeedbackConsumer.canary_stats`: only responses the traffic split routed,
+one rating each, and no principal weighing more than ``canary.max_votes_per_principal``.
+
 Processing is a pure function of the event sequence: timestamps come from the events, a
 duplicate event id is skipped, and the state (``core.loop.feedback_state.ConsumerState``:
 statistics, pending joins, candidates, the offset) is written as one JSON document,
@@ -29,6 +34,7 @@ from core.loop.feedback_state import (
     CorrectionCandidate,
     FeedbackSummary,
     RatingCandidate,
+    RatingRecord,
     ServedSummary,
     VersionCounters,
     load_consumer_state,
@@ -95,6 +101,10 @@ class FeedbackConsumer:
             completion=e.completion,
             user=e.user,
             at=at,
+            user_text=e.user_text,
+            principal=e.principal or e.user,
+            key_id=e.key_id,
+            split=e.split,
         )
         self._stats(e.model_version).requests += 1
         profiles = self.state.profiles
@@ -102,20 +112,37 @@ class FeedbackConsumer:
         live.add(e.prompt)
         profiles[e.model_version] = live.top(2000).to_json()
         for fb in self.state.pending_feedback.pop(e.response_id, []):
-            self._join(summary, fb)
+            self._join(e.response_id, summary, fb)
         self.state.pending_served[e.response_id] = summary
+        _keep_newest(self.state.pending_served, self.cfg.max_pending, self._dropped, "served")
 
     def _feedback(self, e: Feedback, at: float) -> None:
         fb = FeedbackSummary(
-            event_id=e.event_id, rating=e.rating, correction=e.correction, user=e.user, at=at
+            event_id=e.event_id,
+            rating=e.rating,
+            correction=e.correction,
+            user=e.user,
+            at=at,
+            principal=e.principal or e.user,
+            key_id=e.key_id,
         )
         served = self.state.pending_served.get(e.response_id)
         if served is None:
-            self.state.pending_feedback.setdefault(e.response_id, []).append(fb)
+            waiting = self.state.pending_feedback.setdefault(e.response_id, [])
+            waiting[:] = [fb]  # only the latest can count
+            limit = self.cfg.max_pending_feedback
+            _keep_newest(self.state.pending_feedback, limit, self._dropped, "feedback")
         else:
-            self._join(served, fb)
+            self._join(e.response_id, served, fb)
 
-    def _join(self, served: ServedSummary, fb: FeedbackSummary) -> None:
+    def _join(self, response_id: str, served: ServedSummary, fb: FeedbackSummary) -> None:
+        if served.key_id and fb.key_id and served.key_id != fb.key_id:
+            # The gateway refuses this already; a forged event in the log must not count.
+            self._dropped("feedback_from_another_key")
+            return
+        previous = self.state.rated.pop(response_id, None)
+        if previous is not None:
+            self._unrate(response_id, previous)
         version = served.version
         stats = self._stats(version)
         accepted = fb.rating >= 4
@@ -124,30 +151,61 @@ class FeedbackConsumer:
         stats.accepted += int(accepted)
         window = self.cfg.policy.acceptance_window
         recent = deque(self.state.recent.get(version, []), maxlen=window)
-        recent.append(int(accepted))
+        recent.append((response_id, int(accepted)))
         self.state.recent[version] = list(recent)
+        principal = fb.principal or served.principal
+        record = RatingRecord(
+            version=version,
+            rating=fb.rating,
+            principal=principal,
+            split=served.split,
+            at=served.at,
+            rating_index=self.state.ratings_base + len(self.state.ratings),
+        )
         self.state.ratings.append(
             RatingCandidate(
                 prompt=served.prompt,
                 completion=served.completion,
                 rating=fb.rating,
-                user=fb.user or served.user,
+                user=principal,
                 event_ids=[served.event_id, fb.event_id],
                 model_version=version,
+                user_text=served.user_text,
             )
         )
         if fb.correction:
             stats.corrections += 1
+            record.correction_index = self.state.candidates_base + len(self.state.candidates)
             self.state.candidates.append(
                 CorrectionCandidate(
                     prompt=served.prompt,
                     answer=fb.correction,
-                    user=fb.user or served.user,
+                    user=principal,
                     event_ids=[served.event_id, fb.event_id],
                     model_version=version,
                     rejected=served.completion or None,
+                    user_text=served.user_text,
                 )
             )
+        self.state.rated[response_id] = record
+
+    def _unrate(self, response_id: str, old: RatingRecord) -> None:
+        """Take a replaced rating out of every count, and its candidates out of curation."""
+        s = self.state
+        stats = self._stats(old.version)
+        stats.rated -= 1
+        stats.rating_sum -= old.rating
+        stats.accepted -= int(old.rating >= 4)
+        s.recent[old.version] = [r for r in s.recent.get(old.version, []) if r[0] != response_id]
+        if old.rating_index >= s.ratings_base:
+            s.ratings[old.rating_index - s.ratings_base].superseded = True
+        if old.correction_index is not None:
+            stats.corrections -= 1
+            if old.correction_index >= s.candidates_base:
+                s.candidates[old.correction_index - s.candidates_base].superseded = True
+
+    def _dropped(self, why: str, n: int = 1) -> None:
+        self.state.dropped[why] = self.state.dropped.get(why, 0) + n
 
     def _stats(self, version: str) -> VersionCounters:
         return self.state.stats.setdefault(version, VersionCounters())
@@ -157,12 +215,15 @@ class FeedbackConsumer:
         s = self.state
         horizon = (s.last_event_at or 0) - self.cfg.join_window_s
         s.seen = {k: t for k, t in s.seen.items() if t >= horizon}
+        # Duplicates come from a writer's replay, so recent: the newest ids are enough.
+        _keep_newest(s.seen, 2 * self.cfg.max_pending, lambda *_: None, "seen")
         s.pending_served = {k: v for k, v in s.pending_served.items() if v.at >= horizon}
         s.pending_feedback = {
             k: kept
             for k, v in s.pending_feedback.items()
             if (kept := [f for f in v if f.at >= horizon])
         }
+        s.rated = {k: r for k, r in s.rated.items() if r.at >= horizon}
 
     def _commit(self) -> None:
         storage.write_json(self.root.join("state.json"), self.state.model_dump(mode="json"))
@@ -179,7 +240,7 @@ class FeedbackConsumer:
             stats: dict[str, Any] = counters.model_dump() if counters else {}
             recent = self.state.recent.get(version, [])
         stats["window_rated"] = len(recent)
-        stats["window_acceptance"] = sum(recent) / len(recent) if recent else None
+        stats["window_acceptance"] = sum(a for _, a in recent) / len(recent) if recent else None
         stats["mean_rating"] = stats["rating_sum"] / stats["rated"] if stats.get("rated") else None
         return stats
 
@@ -187,14 +248,21 @@ class FeedbackConsumer:
         """Curated examples (corrections), rated answers and the quarantined items among
         candidates not yet published."""
         with self._lock:
-            upto, ratings_upto = len(self.state.candidates), len(self.state.ratings)
-            fresh = self.state.candidates[self.state.published : upto]
-            rated = self.state.ratings[self.state.ratings_published : ratings_upto]
-        examples, quarantined = curate(Candidate(**c.model_dump()) for c in fresh)
+            s = self.state
+            upto = s.candidates_base + len(s.candidates)
+            ratings_upto = s.ratings_base + len(s.ratings)
+            fresh = [c for c in s.candidates[s.published - s.candidates_base :] if not c.superseded]
+            rated = [r for r in s.ratings[s.ratings_published - s.ratings_base :]]
+            rated = [r for r in rated if not r.superseded]
+        examples, quarantined = curate(
+            Candidate(**c.model_dump(exclude={"superseded"})) for c in fresh
+        )
         # Feedback whose correction was quarantined is not trusted for its rating either.
         distrusted = {i for q in quarantined for i in q.event_ids[1:]}
         trusted = (r for r in rated if not distrusted & set(r.event_ids))
-        answers, held = curate_ratings(Rating(**r.model_dump()) for r in trusted)
+        answers, held = curate_ratings(
+            Rating(**r.model_dump(exclude={"superseded"})) for r in trusted
+        )
         return {
             "upto": upto,
             "ratings_upto": ratings_upto,
@@ -205,10 +273,28 @@ class FeedbackConsumer:
 
     def mark_published(self, upto: int, ratings_upto: int | None = None) -> None:
         with self._lock:
-            self.state.published = max(self.state.published, upto)
+            s = self.state
+            s.published = max(s.published, upto)
             if ratings_upto is not None:
-                self.state.ratings_published = max(self.state.ratings_published, ratings_upto)
+                s.ratings_published = max(s.ratings_published, ratings_upto)
+            # Published candidates are in a snapshot now: the state keeps only the rest.
+            s.candidates = s.candidates[s.published - s.candidates_base :]
+            s.ratings = s.ratings[s.ratings_published - s.ratings_base :]
+            s.candidates_base, s.ratings_base = s.published, s.ratings_published
             self._commit()
+
+    def canary_stats(self, version: str, since: float) -> dict[str, Any]:
+        """What a promotion decision may count for ``version``: responses served since
+        ``since`` (event time) that the traffic split routed, one rating each (the last), and
+        each principal's ratings weighed down to at most ``canary.max_votes_per_principal``."""
+        cap = self.cfg.canary.max_votes_per_principal
+        with self._lock:
+            votes = [
+                r
+                for r in self.state.rated.values()
+                if r.version == version and r.split and r.at >= since
+            ]
+        return capped_tally(votes, cap)
 
     def drift(self, version: str, reference: WordProfile) -> dict[str, float] | None:
         with self._lock:
@@ -222,9 +308,11 @@ class FeedbackConsumer:
                 "offset": dict(s.offset),
                 "events": s.events,
                 "pending_joins": len(s.pending_served) + len(s.pending_feedback),
-                "candidates": len(s.candidates),
+                "rated_responses": len(s.rated),
+                "candidates": s.candidates_base + len(s.candidates),
                 "published": s.published,
                 "versions": sorted(s.stats),
+                "dropped": dict(s.dropped),
             }
 
     def snapshot_state(self) -> dict[str, Any]:
@@ -254,3 +342,27 @@ class FeedbackConsumer:
             except Exception:  # a storage hiccup: the offset did not move; retry later
                 logger.warning("step failed, will retry", exc_info=True)
             self._stop.wait(interval_s)
+
+
+def capped_tally(votes: list[RatingRecord], cap: int) -> dict[str, Any]:
+    """``rated`` and ``accepted`` with every principal's weight at most ``cap`` ratings (its
+    acceptance kept); events without a principal count as one principal together."""
+    by: dict[str | None, list[int]] = {}
+    for v in votes:
+        by.setdefault(v.principal, []).append(int(v.rating >= 4))
+    rated = accepted = 0.0
+    for flags in by.values():
+        weight = min(1.0, cap / len(flags))
+        rated += weight * len(flags)
+        accepted += weight * sum(flags)
+    return {"rated": rated, "accepted": accepted, "principals": len(by), "responses": len(votes)}
+
+
+def _keep_newest(items: dict[str, Any], limit: int, dropped: Any, why: str) -> None:
+    """Past ``limit``, drop the oldest entries (dicts keep insertion order) and a tenth more,
+    so a full dict is trimmed once in a while rather than on every event."""
+    if len(items) > limit:
+        extra = len(items) - limit + limit // 10
+        for key in list(items)[:extra]:
+            del items[key]
+        dropped(why, extra)

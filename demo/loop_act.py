@@ -91,9 +91,13 @@ async def rate(http: Any, url: str, key: str, answers: list[tuple], correct: boo
         body = {"response_id": rid, "rating": 5 if ok else 1, "user": asker}
         if correct and not ok:
             body["correction"] = fact.answer_sentence
-        r = await http.post(
-            f"{url}/v1/feedback", json=body, headers={"Authorization": f"Bearer {key}"}
-        )
+        for _ in range(5):  # a 429 says when to come back
+            r = await http.post(
+                f"{url}/v1/feedback", json=body, headers={"Authorization": f"Bearer {key}"}
+            )
+            if r.status_code != 429:
+                break
+            await asyncio.sleep(float(r.headers.get("retry-after", 1)))
         r.raise_for_status()
     return right
 

@@ -307,7 +307,11 @@ def start_serving(home: Path, app: dict[str, Any], model: str, engine: str, prel
 
     key = secrets.token_urlsafe(24)
     args = {**app["args"], "default_model": model}
-    args["gateway"] = {**args.get("gateway", {}), "api_keys": [key]}
+    # The demo's users reach the gateway through one application (the key's holder), which
+    # names its users: each is a principal of its own in curation and canary votes.
+    app_key = {"id": "demo-app", "key": key, "trust_user_ids": True}
+    app_key |= {"requests_per_minute": 6000, "feedback_per_minute": 6000}
+    args["gateway"] = {**args.get("gateway", {}), "api_keys": [app_key]}
     args["generator"] = {
         **args.get("generator", {}),
         "engine": engine,

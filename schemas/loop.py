@@ -53,6 +53,12 @@ class CanarySettings(StrictModel):
     min_rated: int = Field(10, ge=1, description="Rated canary requests before judging.")
     max_acceptance_drop: float = Field(0.1, ge=0, le=1)
     max_wait_s: float = Field(3600, gt=0, description="Roll back if still undecided after this.")
+    max_votes_per_principal: int = Field(
+        3,
+        ge=1,
+        description="Ratings one principal (an API key, or a trusted key's user) adds to a "
+        "canary's or production's tally at most; more are scaled down to this weight.",
+    )
 
 
 class FinetuneSettings(StrictModel):
@@ -120,7 +126,17 @@ class LoopConfig(StrictModel):
     event_log_uri: str
     loop_uri: str = Field(description="Root for the loop's own state, snapshots and job files.")
     storage: StorageSettings = Field(default_factory=StorageSettings)
-    join_window_s: float = Field(86400, gt=0, description="How long a response awaits feedback.")
+    join_window_s: float = Field(
+        86400,
+        gt=0,
+        description="How long a response awaits feedback: at least the gateway's feedback window.",
+    )
+    max_pending: int = Field(
+        100_000, ge=1, description="Responses awaiting feedback kept at most (oldest go first)."
+    )
+    max_pending_feedback: int = Field(
+        10_000, ge=1, description="Feedback awaiting its response kept at most (oldest first)."
+    )
     tick_interval_s: float = Field(2.0, gt=0)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     gate: GateSettings = Field(default_factory=GateSettings)

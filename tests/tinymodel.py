@@ -157,9 +157,15 @@ def write_finetune_recipe(
 
 
 def served_output(
-    response_id: str, version: str, prompt: str, user: str, completion: str = "?"
+    response_id: str,
+    version: str,
+    prompt: str,
+    user: str,
+    completion: str = "?",
+    split: bool = True,
 ) -> ServedOutput:
-    """A served chat completion event, as the gateway logs one, for tests that feed the loop."""
+    """A served chat completion event, as the gateway logs one, for tests that feed the loop:
+    the split chose its version, and ``user`` is its principal (a key trusted to name users)."""
     return ServedOutput(
         response_id=response_id,
         model=version.split(":")[0],
@@ -172,6 +178,8 @@ def served_output(
         finish_reason="stop",
         latency_ms=1.0,
         user=user,
+        principal=user,
+        split=split,
     )
 
 

@@ -1,8 +1,9 @@
 """The feedback consumer's persisted state, typed (``<loop_uri>/consumer/state.json``).
 
-One JSON document, written atomically after each batch (see ``actors/feedback.py``). Files
-written before it was typed carried ``version: 1`` instead of ``schema_version``; their
-shape is otherwise the same and :func:`load_consumer_state` reads them.
+One JSON document, written atomically after each batch (see ``actors/feedback.py``). Every
+part of it is bounded: joins and ratings by the join window and a count, candidates by what
+is not yet published. Files written before it was typed carried ``version: 1`` instead of
+``schema_version``, and a window of plain 0/1 flags; :func:`load_consumer_state` reads them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ class ServedSummary(StrictModel):
     completion: str = Field("", description="The served answer (KTO and preference pairs).")
     user: str | None = None
     at: float
+    user_text: str | None = Field(None, description="What the client wrote (curation checks).")
+    principal: str | None = None
+    key_id: str | None = None
+    split: bool = Field(False, description="The traffic split chose its version.")
 
 
 class FeedbackSummary(StrictModel):
@@ -34,6 +39,20 @@ class FeedbackSummary(StrictModel):
     correction: str | None = None
     user: str | None = None
     at: float
+    principal: str | None = None
+    key_id: str | None = None
+
+
+class RatingRecord(StrictModel):
+    """The rating a response holds now: a later feedback on it replaces this one."""
+
+    version: str
+    rating: int
+    principal: str | None = None
+    split: bool = False
+    at: float = Field(description="When the response was served (event time).")
+    rating_index: int = Field(description="Absolute index of its RatingCandidate.")
+    correction_index: int | None = Field(None, description="Of its CorrectionCandidate.")
 
 
 class VersionCounters(StrictModel):
@@ -55,6 +74,8 @@ class CorrectionCandidate(StrictModel):
     event_ids: list[str]
     model_version: str
     rejected: str | None = Field(None, description="The served answer it corrects.")
+    user_text: str | None = None
+    superseded: bool = Field(False, description="A later feedback on its response replaced it.")
 
 
 class RatingCandidate(StrictModel):
@@ -66,6 +87,8 @@ class RatingCandidate(StrictModel):
     user: str | None = None
     event_ids: list[str]
     model_version: str
+    user_text: str | None = None
+    superseded: bool = Field(False, description="A later feedback on its response replaced it.")
 
 
 class ConsumerState(StrictModel):
@@ -84,14 +107,26 @@ class ConsumerState(StrictModel):
     pending_feedback: dict[str, list[FeedbackSummary]] = Field(
         default_factory=dict, description="Response id -> feedback awaiting its served output."
     )
-    stats: dict[str, VersionCounters] = Field(default_factory=dict)
-    recent: dict[str, list[int]] = Field(
-        default_factory=dict, description="Version -> last window of accepted flags (0/1)."
+    rated: dict[str, RatingRecord] = Field(
+        default_factory=dict, description="Response id -> its current rating (join window)."
     )
-    candidates: list[CorrectionCandidate] = Field(default_factory=list)
+    stats: dict[str, VersionCounters] = Field(default_factory=dict)
+    recent: dict[str, list[tuple[str, int]]] = Field(
+        default_factory=dict,
+        description="Version -> last window of (response id, accepted 0/1), one per response.",
+    )
+    candidates: list[CorrectionCandidate] = Field(
+        default_factory=list, description="Not yet published (from absolute index `published`)."
+    )
     published: int = Field(0, description="Candidates already taken into feedback snapshots.")
     ratings: list[RatingCandidate] = Field(default_factory=list)
     ratings_published: int = Field(0, description="Ratings already taken into snapshots.")
+    candidates_base: int = Field(0, description="Absolute index of candidates[0].")
+    ratings_base: int = Field(0, description="Absolute index of ratings[0].")
+    dropped: dict[str, int] = Field(
+        default_factory=dict,
+        description="What was let go to keep the state bounded, and feedback refused, by why.",
+    )
     profiles: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Version -> live word profile of served prompts."
     )
@@ -102,4 +137,8 @@ def load_consumer_state(raw: dict[str, Any] | None) -> ConsumerState:
         return ConsumerState()
     if "version" in raw:  # the untyped shape: same fields, the version under another name
         raw = {k: v for k, v in raw.items() if k != "version"} | {"schema_version": 1}
+    recent = raw.get("recent") or {}
+    if any(isinstance(f, int) for flags in recent.values() for f in flags):
+        # Windows before one rating per response: plain flags, their responses unknown.
+        raw = raw | {"recent": {v: [["", f] for f in flags] for v, flags in recent.items()}}
     return ConsumerState.model_validate(raw)

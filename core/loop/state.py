@@ -84,7 +84,9 @@ class Cycle(StrictModel):
     canary_baseline: dict[str, Any] | None = Field(
         None, description="The candidate's counters when its canary began."
     )
-    canary_stats: dict[str, Any] | None = Field(None, description="Counters since then.")
+    canary_stats: dict[str, Any] | None = Field(
+        None, description="Its split-routed, capped tally since then (consumer.canary_stats)."
+    )
     outcome: str | None = Field(None, description="promoted, rolled_back, rejected or failed.")
     outcome_reason: str | None = None
     finished_at: float | None = None
@@ -245,9 +247,3 @@ def finished(state: LoopState, outcome: str, reason: str, now: float) -> LoopSta
 def canary_timed_out(state: LoopState, max_wait_s: float, now: float) -> bool:
     started = state.cur.canary_started_at
     return started is not None and now - started > max_wait_s
-
-
-def since(now: dict[str, Any], before: dict[str, Any] | None) -> dict[str, int]:
-    """A version's counters accumulated since ``before`` (its canary baseline)."""
-    keys = ("requests", "rated", "accepted", "rating_sum", "corrections")
-    return {k: now.get(k, 0) - (before or {}).get(k, 0) for k in keys}

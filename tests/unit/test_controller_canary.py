@@ -12,13 +12,16 @@ from tests.tinymodel import model_dir
 
 
 class Ratings:
-    """Stands in for the feedback consumer actor: only the per-version rating counts the
+    """Stands in for the feedback consumer actor: only the per-version rating tallies the
     canary phase reads (the consumer itself is tested in test_feedback_consumer)."""
 
     def __init__(self, stats: dict[str, dict[str, int]]) -> None:
         self.stats = stats
 
     def version_stats(self, version: str) -> dict[str, int]:
+        return self.stats.get(version, {})
+
+    def canary_stats(self, version: str, since: float) -> dict[str, int]:
         return self.stats.get(version, {})
 
 

@@ -47,6 +47,7 @@ class _Http:
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
+        self.status_code = 200
 
     async def post(self, url: str, json: dict[str, Any], headers: dict[str, str]) -> Any:
         assert url.endswith("/v1/feedback")

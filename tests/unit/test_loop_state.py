@@ -66,17 +66,6 @@ def test_transitions_do_not_change_the_state_they_are_given() -> None:
     assert before.model_dump() == frozen
 
 
-def test_the_counters_since_the_canary_began() -> None:
-    now = {"requests": 9, "rated": 6, "accepted": 5, "rating_sum": 27}
-    assert machine.since(now, {"requests": 4, "rated": 1}) == {
-        "requests": 5,
-        "rated": 5,
-        "accepted": 5,
-        "rating_sum": 27,
-        "corrections": 0,
-    }
-
-
 def test_an_untyped_state_file_is_migrated_on_load() -> None:
     old = {
         "phase": "evaluating",
