@@ -104,6 +104,9 @@ def _run_steps(home: Path, size_mb: float, tiny: bool, address: str | None, log_
     target = f"{version.name}@production" if production else version.ref
     app = default_serve_app()
     engine = serving_engine(app)
+    archived = archive_previous_loop(home)
+    if archived:
+        progress.say(f"a previous run's events and loop state moved to {archived}")
     with progress.stage(
         "serve", f"step 5: start the {engine} engine with {target}, behind the gateway"
     ):
@@ -118,6 +121,24 @@ def _run_steps(home: Path, size_mb: float, tiny: bool, address: str | None, log_
         path = write_demo_report(home, train_cfg.registry.uri, served.event_log, version.name)
     progress.say(f"report written: {path} (open it in a browser)")
     closing_summary(progress, manifest, version, right, loop, path, home)
+
+
+def archive_previous_loop(home: Path) -> Path | None:
+    """Move a previous run's event log and loop state aside: this run's loop starts clean.
+
+    Left in place, the feedback a previous run's canary collected (and never published)
+    would trigger a cycle of its own the moment this run's loop starts, before this run's
+    users have said anything.
+    """
+    store = home / "store"
+    old = [store / name for name in ("events", "loop") if (store / name).exists()]
+    if not old:
+        return None
+    folder = store / "previous-runs" / time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in old:
+        path.rename(folder / path.name)
+    return folder
 
 
 def closing_summary(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from demo.loop_act import Accuracy, LoopActResult
-from demo.run import Accounting, compact_pii, loop_lines
+from demo.run import Accounting, archive_previous_loop, compact_pii, loop_lines
 
 
 def test_pii_rows_fold_into_one_when_every_kind_was_found() -> None:
@@ -41,3 +43,15 @@ def test_loop_lines_without_a_finished_cycle() -> None:
     assert loop_lines(LoopActResult("no cycle finished in time")) == [
         "  loop      no cycle finished in time"
     ]
+
+
+def test_a_rerun_moves_the_previous_loop_aside(tmp_path: Path) -> None:
+    # A previous run's unpublished canary ratings would trigger a cycle of their own.
+    assert archive_previous_loop(tmp_path) is None
+    for name in ("events", "loop", "registry"):
+        (tmp_path / "store" / name).mkdir(parents=True)
+        (tmp_path / "store" / name / "x").write_text(name)
+    folder = archive_previous_loop(tmp_path)
+    assert folder is not None and (folder / "loop" / "x").read_text() == "loop"
+    assert (folder / "events" / "x").exists()
+    assert not (tmp_path / "store" / "loop").exists() and (tmp_path / "store" / "registry").exists()
