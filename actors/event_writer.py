@@ -1,11 +1,18 @@
 """The event writer: buffers served-output and feedback events into log segments.
 
 Callers (gateway replicas) send batches of events; :meth:`EventWriter.append` redacts PII,
-appends them to a local write-ahead log (fsync'd) and only then acknowledges. A background
-thread turns the buffer into a segment every ``flush_interval_s`` or ``max_buffer`` events,
-then trims the write-ahead log. If the actor dies, Ray restarts it (``max_restarts``) and
-the constructor replays the write-ahead log, so an acknowledged event is never lost; a
-replay may write an event twice, and consumers deduplicate by event id.
+appends them to a local write-ahead log (framed, fsync'd: ``core.wal``) and only then
+acknowledges. A background thread turns the buffer into a segment every ``flush_interval_s``
+or ``max_buffer`` events, then trims the write-ahead log. If the actor dies, Ray restarts it
+(``max_restarts``) and the constructor replays the write-ahead log (a torn tail cut off), so
+an acknowledged event is never lost; a replay may write an event twice, and consumers
+deduplicate by event id.
+
+An append either acknowledges or raises with nothing kept, never both: past
+``max_buffered`` events (object storage down for long) it sheds with :class:`WriterFull`
+before writing anything, and once an event is in the write-ahead log a failed flush is left
+to the background thread. The writer starts during a storage outage too and flushes what
+it recovered when storage returns.
 
 A plain class: ``ray.remote(...)`` is applied where it is started (:func:`start_event_writer`).
 """
@@ -15,20 +22,26 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from core.data.pii import PiiRedactor
-from core.events import EventLog, WriteAheadLog
+from core.events import EventLog
+from core.wal import WriteAheadLog
 from schemas.events import EVENT_ADAPTER, Feedback, ServedOutput
 from schemas.storage import StorageSettings
 
 WRITER_NAME = "flywheel-event-writer"
 
 log = logging.getLogger(__name__)
+
+
+class WriterFull(RuntimeError):
+    """Shed before anything was written: the buffer is full (storage down); retry later."""
+
+    retry_after_s = 5
 
 
 class EventWriter:
@@ -41,34 +54,51 @@ class EventWriter:
         wal_dir: str | None = None,
         flush_interval_s: float = 1.0,
         max_buffer: int = 512,
+        max_buffered: int = 100_000,
     ) -> None:
         self.log = EventLog(log_uri, StorageSettings.model_validate(settings or {}))
-        self.wal = WriteAheadLog(Path(wal_dir or default_wal_dir(log_uri)) / "events.wal")
+        folder = Path(wal_dir).expanduser() if wal_dir else default_wal_dir(log_uri)
+        self.wal = WriteAheadLog(folder / "events.wal")
         self.redactor = PiiRedactor()
         self.flush_interval_s = flush_interval_s
         self.max_buffer = max_buffer
+        self.max_buffered = max_buffered
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._buffer = self.wal.read_all()  # events acknowledged before a crash
+        self._buffer = self.wal.recover()  # events acknowledged before a crash
         self.recovered = len(self._buffer)
         self.segments_written = 0
         self.events_written = 0
+        self.shed = 0
         self._stop = threading.Event()
         if self._buffer:
-            self.flush()
+            self._try_flush()  # storage may be down: the background thread retries
         self._thread = threading.Thread(target=self._flush_loop, daemon=True)
         self._thread.start()
 
     def append(self, events: list[dict[str, Any]]) -> int:
-        """Validate, redact and durably accept ``events``; returns how many."""
+        """Validate, redact and durably accept ``events``; returns how many. Raises
+        :class:`WriterFull` or ``core.wal.WalError`` with none of them kept."""
         parsed = [self._redact(EVENT_ADAPTER.validate_python(e)) for e in events]
         with self._lock:
+            if len(self._buffer) + len(parsed) > self.max_buffered:
+                self.shed += len(parsed)
+                raise WriterFull(
+                    f"event writer holds {len(self._buffer)} unflushed events "
+                    f"(limit {self.max_buffered}): object storage is not taking segments"
+                )
             self.wal.append(parsed)
             self._buffer.extend(parsed)
             full = len(self._buffer) >= self.max_buffer
         if full:
-            self.flush()
+            self._try_flush()  # acknowledged already: a failure here is the thread's to retry
         return len(parsed)
+
+    def _try_flush(self) -> None:
+        try:
+            self.flush()
+        except Exception as e:
+            log.warning("flush failed, will retry: %s", e)
 
     def flush(self) -> int:
         """Write what is buffered as one segment; returns its event count.
@@ -102,6 +132,8 @@ class EventWriter:
             "segments_written": self.segments_written,
             "events_written": self.events_written,
             "recovered_on_start": self.recovered,
+            "torn_bytes_on_start": self.wal.torn_bytes,
+            "shed": self.shed,
         }
 
     def close(self) -> int:
@@ -111,10 +143,7 @@ class EventWriter:
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.flush_interval_s):
-            try:
-                self.flush()
-            except Exception as e:  # storage hiccup: keep the buffer, try again next tick
-                log.warning("flush failed, will retry: %s", e)
+            self._try_flush()  # storage hiccup: keep the buffer, try again next tick
 
     def _redact(self, event: ServedOutput | Feedback) -> ServedOutput | Feedback:
         if isinstance(event, ServedOutput):
@@ -133,9 +162,12 @@ class EventWriter:
         return event
 
 
-def default_wal_dir(log_uri: str) -> str:
+def default_wal_dir(log_uri: str) -> Path:
+    """A folder per event log under the user's state directory (XDG): unlike /tmp, a
+    reboot keeps it, so acknowledged events still unflushed then are not lost."""
     digest = hashlib.sha256(log_uri.encode()).hexdigest()[:16]
-    return str(Path(tempfile.gettempdir()) / "flywheel-wal" / digest)
+    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(state) / "flywheel" / "wal" / digest
 
 
 def writer_name(log_uri: str) -> str:
@@ -151,8 +183,9 @@ def start_event_writer(
 ) -> Any:
     """Get or start the named, restartable writer actor for ``log_uri``.
 
-    It is pinned to the node that starts it (the head, normally), so a restarted writer
-    finds its write-ahead log on the same disk.
+    It is pinned to the head node (the node that starts it where there is no head, as in a
+    client-less test), so a restarted writer finds its write-ahead log on the same disk: the
+    head is the one node a cluster keeps, and where the RayService mounts the WAL's volume.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -166,14 +199,21 @@ def start_event_writer(
         max_task_retries=-1,
         max_concurrency=16,
         num_cpus=0,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(
-            ray.get_runtime_context().get_node_id(), soft=True
-        ),
+        scheduling_strategy=NodeAffinitySchedulingStrategy(_head_node_id(), soft=True),
     )
     settings_json = settings.model_dump(mode="json") if settings else None
     handle = actor_cls.remote(log_uri, settings_json, **kwargs)
     ray.get(handle.stats.remote())  # wait until it is up
     return handle
+
+
+def _head_node_id() -> str:
+    import ray
+
+    for node in ray.nodes():
+        if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
+            return node["NodeID"]
+    return ray.get_runtime_context().get_node_id()
 
 
 def wait_for(handle: Any, timeout_s: float = 30.0) -> None:

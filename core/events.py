@@ -6,19 +6,16 @@ and a segment is visible complete or not at all: a reader that has seen segment 
 everything before it, and an offset ``(segment, line)`` names a place that never moves.
 Consumers keep their own committed offset and read from it.
 
-:class:`WriteAheadLog` is the local file an event writer appends acknowledged events to
-(fsync'd) before they reach a segment, so an acknowledged event survives a crash of the
+:class:`core.wal.WriteAheadLog` is the local file an event writer appends acknowledged events
+to (fsync'd) before they reach a segment, so an acknowledged event survives a crash of the
 writer: on restart the writer replays it.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from core import storage
 from core.storage import Location
@@ -82,45 +79,6 @@ class EventLog:
 
     def _segment(self, number: int) -> Location:
         return self.folder.join(f"{number:0{SEGMENT_DIGITS}d}.jsonl")
-
-
-class WriteAheadLog:
-    """A local append-only file of events, fsync'd on every append (group commit: one fsync
-    per call, however many events it carries)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-
-    def append(self, events: list[ServedOutput | Feedback]) -> None:
-        data = "".join(e.model_dump_json() + "\n" for e in events).encode()
-        with self._lock, open(self.path, "ab") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-
-    def read_all(self) -> list[ServedOutput | Feedback]:
-        """Events in the log; a torn last line (crash mid-write) is dropped."""
-        if not self.path.exists():
-            return []
-        events = []
-        for line in self.path.read_bytes().splitlines():
-            try:
-                events.append(parse_event(line))
-            except ValueError:
-                continue
-        return events
-
-    def truncate(self, keep: list[ServedOutput | Feedback]) -> None:
-        """Replace the log with ``keep`` (what is still not in a segment), atomically."""
-        tmp = self.path.with_suffix(".tmp")
-        with self._lock:
-            with open(tmp, "wb") as f:
-                f.write("".join(e.model_dump_json() + "\n" for e in keep).encode())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
 
 
 def load_offset(loc: Location) -> Offset:

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from core import local_disk
 from schemas.storage import S3Settings, StorageSettings
 
 # Newer AWS SDKs send checksums that S3-compatible servers mishandle (failed ranged reads, chunk
@@ -202,24 +203,11 @@ def read_json(loc: Location) -> Any:
 def write_bytes(loc: Location, data: bytes) -> None:
     """Write ``data`` to ``loc`` atomically: readers see the old object or the whole new one."""
     if loc.is_local:
-        _write_local_atomic(Path(loc.path), data)
+        local_disk.write_atomic(Path(loc.path), data)
         return
     # An S3 PUT (or multipart upload) is only visible once complete: already atomic.
     with loc.fs.open_output_stream(loc.path) as f:
         f.write(data)
-
-
-def _write_local_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def create_exclusive(loc: Location, data: bytes) -> bool:
@@ -228,9 +216,13 @@ def create_exclusive(loc: Location, data: bytes) -> bool:
     The building block of compare-and-swap: whoever creates a key first wins. Local disk uses
     a hard link (atomic, fails if the name exists); S3 uses a conditional PUT
     (``If-None-Match: *``), which AWS S3 and MinIO honour. See :func:`check_exclusive_create`.
+
+    Idempotent under retries: a PUT that succeeded but whose answer was lost is retried (by
+    botocore or a caller) and gets 412; what is there is then read back, and if it is
+    exactly ``data`` the create was ours: True.
     """
     if loc.is_local:
-        return _create_local_exclusive(Path(loc.path), data)
+        return local_disk.create_exclusive(Path(loc.path), data)
     from botocore.exceptions import ClientError
 
     bucket, _, key = loc.path.partition("/")
@@ -242,25 +234,17 @@ def create_exclusive(loc: Location, data: bytes) -> bool:
             "PreconditionFailed",
             "ConditionalRequestConflict",
         ):
-            return False
+            return _holds(loc, data)
         raise
     return True
 
 
-def _create_local_exclusive(path: Path, data: bytes) -> bool:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+def _holds(loc: Location, data: bytes) -> bool:
+    """Whether ``loc`` holds exactly ``data`` (a retried create that had succeeded)."""
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
+        return read_bytes(loc) == data
+    except StorageError:  # gone again: not ours either
         return False
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def check_exclusive_create(root: Location) -> None:

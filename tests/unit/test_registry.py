@@ -139,8 +139,9 @@ def test_concurrent_alias_moves_exactly_one_wins(cas_store, tmp_path: Path) -> N
     latest = reg._latest_alias("m", "production")
     # Two movers both saw seq 1; the second to write must lose even though it checked first.
     loc = reg.root.join("m", "aliases", "production", f"{latest.seq + 1:08d}.json")
-    assert storage.create_exclusive(loc, b"{}") is True
-    assert storage.create_exclusive(loc, b"{}") is False
+    # Two movers' records differ (version, time, reason); the same bytes would be a retry.
+    assert storage.create_exclusive(loc, b'{"mover": 1}') is True
+    assert storage.create_exclusive(loc, b'{"mover": 2}') is False
 
 
 def test_audit_chain_detects_tampering(cas_store, tmp_path: Path) -> None:

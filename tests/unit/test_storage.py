@@ -121,3 +121,13 @@ def test_glob_to_regex() -> None:
     rx = storage.glob_to_regex("**/*.jsonl")
     assert rx.fullmatch("a.jsonl") and rx.fullmatch("x/y/a.jsonl") and not rx.fullmatch("a.json")
     assert not storage.glob_to_regex("*.txt").fullmatch("d/a.txt")
+
+
+def test_a_retried_exclusive_create_that_had_succeeded_is_ours(cas_store) -> None:
+    # A conditional PUT that succeeded but whose answer was lost is retried and gets 412:
+    # reading back the same bytes says the first try made it (on main: False, "lost").
+    loc = storage.resolve(cas_store.uri("cas", "key"), cas_store.settings)
+    assert storage.create_exclusive(loc, b"mine")
+    assert storage.create_exclusive(loc, b"mine")  # the retry
+    assert not storage.create_exclusive(loc, b"theirs")
+    assert storage.read_bytes(loc) == b"mine"
