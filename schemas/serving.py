@@ -151,4 +151,8 @@ class ServeConfig(StrictModel):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
-    event_wal_dir: str | None = Field(None, description="Local folder of the writer's WAL.")
+    event_wal_dir: str | None = Field(
+        None,
+        description="Local folder of the writer's write-ahead log (~ expanded); None: one per "
+        "event log under ~/.local/state/flywheel/wal. A disk that outlives a reboot.",
+    )

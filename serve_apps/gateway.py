@@ -20,7 +20,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from actors.event_writer import WriterFull, start_event_writer
 from core.registry import ModelRegistry
+from core.wal import WalError
 from schemas.events import Feedback
 from schemas.openai import FeedbackAccepted, FeedbackRequest, ModelCard, ModelList
 from schemas.serving import ServeConfig
@@ -46,8 +48,6 @@ class Gateway:
     """The ingress deployment's class (Serve decorators applied in ``serve_apps.app``)."""
 
     def __init__(self, generator: Any, config: dict[str, Any]) -> None:
-        from actors.event_writer import start_event_writer
-
         self.cfg = ServeConfig.model_validate(config)
         self.generator = generator
         self.registry = ModelRegistry(self.cfg.registry_uri, self.cfg.storage)
@@ -112,11 +112,28 @@ class Gateway:
             key_id=key.id,
             principal=caller.principal,
         )
-        await self.telemetry.feedback(event)
+        try:
+            await self.telemetry.feedback(event)
+        except (WriterFull, WalError) as e:
+            # Nothing of it was kept: the client's retry makes no second event.
+            raise ApiError(
+                503,
+                f"feedback not recorded, retry: {e}",
+                "server_error",
+                {"Retry-After": str(WriterFull.retry_after_s)},
+            ) from None
         return encode.json_response(FeedbackAccepted(id=event.event_id))
 
     async def _respond(self, request: Request, endpoint: Endpoint) -> Any:
         decoded = await self.decoder.generation(request, endpoint)
+        if self.telemetry.saturated():
+            self.telemetry.count(decoded, "503")
+            raise ApiError(
+                503,
+                "the event log is not taking events: retry shortly",
+                "server_error",
+                {"Retry-After": str(WriterFull.retry_after_s)},
+            )
         generation = Generation(self.generator, decoded, self.cfg.gateway.request_timeout_s)
         if decoded.body.stream:
             return StreamingResponse(

@@ -1,5 +1,10 @@
 """What the gateway records about each request: Prometheus metrics (exported by Ray as
-``ray_flywheel_*``) and a ``ServedOutput`` event per response, sent to the event writer."""
+``ray_flywheel_*``) and a ``ServedOutput`` event per response, sent to the event writer.
+
+A served event is sent off the response path and retried (the writer restarts, or sheds
+while storage is down) for ``SEND_FOR_S``. At most ``MAX_PENDING`` are in flight: past that
+the gateway is :meth:`GatewayTelemetry.saturated` and answers 503 before generating, rather
+than serve responses it could not record."""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from serve_apps.decode import DecodedRequest
 from serve_apps.predict import Generation
 
 log = logging.getLogger(__name__)
+MAX_PENDING = 10_000
+SEND_FOR_S = 300.0
 
 
 class GatewayTelemetry:
@@ -51,8 +58,13 @@ class GatewayTelemetry:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    def saturated(self) -> bool:
+        """Too many served events wait for the writer: take no new requests for now."""
+        return len(self._pending) >= MAX_PENDING
+
     async def feedback(self, event: Feedback) -> None:
-        """Feedback is acknowledged only once the writer holds it durably."""
+        """Feedback is acknowledged only once the writer holds it durably; a writer that shed
+        it, or could not make it durable, kept none of it (the client may retry)."""
         await self.writer.append.remote([event.model_dump(mode="json")])
         self.metrics["feedback"].inc(tags={"rating": str(event.rating)})
 
@@ -75,14 +87,19 @@ class GatewayTelemetry:
         if ttft is not None:
             self.metrics["ttft"].observe(ttft, tags=tags)
 
-    async def _send(self, event: ServedOutput, attempts: int = 5) -> None:
-        for attempt in range(attempts):
+    async def _send(self, event: ServedOutput, for_s: float = SEND_FOR_S) -> None:
+        deadline = asyncio.get_running_loop().time() + for_s
+        delay = 0.2
+        while True:
             try:
                 await self.writer.append.remote([event.model_dump(mode="json")])
                 return
-            except Exception:
-                await asyncio.sleep(0.2 * 2**attempt)
-        log.error("could not log event %s after %d attempts", event.event_id, attempts)
+            except Exception as e:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    log.error("could not log event %s in %.0f s: %s", event.event_id, for_s, e)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
 
 def _gateway_metrics() -> dict[str, Any]:
