@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from core.registry import AliasConflict, ModelRegistry, RegistryError, parse_ref
+from core.registry.audit import AuditLog
 
 DEFAULT_REGISTRY = "${FLYWHEEL_HOME:-.flywheel}/store/registry"
 
@@ -112,6 +113,10 @@ def lineage(ref: str, registry: RegistryOpt = DEFAULT_REGISTRY) -> None:
 @app.command(help="The audit log; --verify checks its hash chain.")
 def audit(
     verify: Annotated[bool, typer.Option("--verify", help="Check the hash chain.")] = False,
+    expect_head: Annotated[
+        str | None,
+        typer.Option(help="A head hash anchored elsewhere: the chain must still contain it."),
+    ] = None,
     limit: Annotated[int, typer.Option(help="Show the last N entries.")] = 20,
     registry: RegistryOpt = DEFAULT_REGISTRY,
 ) -> None:
@@ -122,13 +127,15 @@ def audit(
             f"{e.seq:>6} {e.at} {e.actor:<20} {e.action:<12} {e.subject} "
             f"{json.dumps(e.details, sort_keys=True)}"
         )
-    if verify:
-        problems = reg.audit.verify()
+    if verify or expect_head:
+        problems = reg.audit.verify(expect_head)
         for p in problems:
             typer.echo(f"TAMPERED: {p}", err=True)
+        head = reg.audit.head() or {"count": 0, "hash": AuditLog.GENESIS}
         typer.echo(
             f"audit chain: {len(entries)} entries, "
-            f"{'intact' if not problems else f'{len(problems)} problems'}"
+            f"{'intact' if not problems else f'{len(problems)} problems'}; "
+            f"head {head['count']} {head['hash']} (anchor it elsewhere: --expect-head)"
         )
         if problems:
             raise typer.Exit(1)

@@ -160,10 +160,11 @@ class ModelRegistry:
             metrics=metrics or {},
             description=description,
         )
-        storage.write_json(target.join("manifest.json"), version.model_dump(mode="json"))
+        # Recorded before it is visible: a crash between leaves an intent, not a secret change.
         self.audit.append(
             "register", version.ref, {"format": format, "base": base, "content_sha256": content}
         )
+        storage.write_json(target.join("manifest.json"), version.model_dump(mode="json"))
         return version
 
     def _base_ref(self, base: str | None) -> str:
@@ -233,13 +234,11 @@ class ModelRegistry:
             reason=reason,
         )
         loc = self.root.join(name, "aliases", alias, f"{record.seq:08d}.json")
+        details = {"from": current, "to": version, "seq": record.seq, "reason": reason}
+        self.audit.append("alias.move", f"{name}@{alias}", details)  # before the move
         if not storage.create_exclusive(loc, record.model_dump_json(indent=1).encode()):
+            self.audit.append("alias.move.conflict", f"{name}@{alias}", {"seq": record.seq})
             raise AliasConflict(f"{name}@{alias} moved concurrently; look again")
-        self.audit.append(
-            "alias.move",
-            f"{name}@{alias}",
-            {"from": current, "to": version, "seq": record.seq, "reason": reason},
-        )
         return record
 
     def rollback(self, name: str, alias: str, reason: str = "rollback") -> AliasRecord:
@@ -293,9 +292,10 @@ class ModelRegistry:
             "reason": reason,
         }
         loc = self.root.join(name, "routing", f"{record['seq']:08d}.json")
-        if not storage.create_exclusive(loc, json.dumps(record, indent=1).encode()):
-            raise AliasConflict(f"{name} routing changed concurrently; look again")
         self.audit.append("routing.set", name, {"weights": weights, "reason": reason})
+        if not storage.create_exclusive(loc, json.dumps(record, indent=1).encode()):
+            self.audit.append("routing.set.conflict", name, {"seq": record["seq"]})
+            raise AliasConflict(f"{name} routing changed concurrently; look again")
         return record
 
     # -- evaluation reports --------------------------------------------------------------------

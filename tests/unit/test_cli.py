@@ -81,7 +81,10 @@ def test_models_commands_end_to_end(tmp_path: Path) -> None:
     assert "1 -> 2" in run("promote", "m:2")
     assert "2 -> 1" in run("rollback", "m")
     assert "version: m:1" in run("lineage", "m:1")
-    assert "intact" in run("audit", "--verify")
+    verified = run("audit", "--verify")
+    head = reg.audit.head()
+    assert "intact" in verified and f"head {head['count']} {head['hash']}" in verified
+    assert "intact" in run("audit", "--expect-head", head["hash"])
     first = reg.audit.folder.join("00000001.json")
     body = storage.read_json(first)
     body["actor"] = "mallory"

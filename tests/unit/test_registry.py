@@ -165,3 +165,45 @@ def test_audit_chain_detects_tampering(cas_store, tmp_path: Path) -> None:
 def test_store_without_conditional_writes_is_refused(s3_store) -> None:
     with pytest.raises(StorageError, match="conditional writes"):
         registry(s3_store)
+
+
+def test_audit_head_catches_truncation_and_a_rechained_rewrite(cas_store, tmp_path) -> None:
+    from core.registry.audit import entry_hash
+
+    reg = registry(cas_store)
+    reg.register("m", model_dir(tmp_path, "a"))
+    reg.set_alias("m", "production", 1)
+    reg.audit.append("job.submit", "job-1", {})
+    head = reg.audit.head()
+    assert head["count"] == 3 and reg.audit.verify() == []
+    assert reg.audit.verify(expect_head=head["hash"]) == []
+    # The alias move is recorded before the alias file exists (an intent, if we crash).
+    actions = [e.action for e in reg.audit.entries()]
+    assert actions == ["register", "alias.move", "job.submit"]
+
+    # Cut the last entry off: the chain alone is intact, the head says 3.
+    last = reg.audit.folder.join("00000003.json")
+    saved = storage.read_bytes(last)
+    storage.delete(last)
+    assert any("cut" in p for p in reg.audit.verify())
+    storage.write_bytes(last, saved)
+
+    # Rewrite entry 2 and re-chain entry 3 after it: every hash checks, the heads do not.
+    entries = reg.audit.entries()
+    second, third = entries[1], entries[2]
+    second.details = {**second.details, "to": 99}
+    second.hash = entry_hash(second)
+    third.prev_hash = second.hash
+    third.hash = entry_hash(third)
+    for e in (second, third):
+        storage.write_bytes(
+            reg.audit.folder.join(f"{e.seq:08d}.json"), e.model_dump_json(indent=1).encode()
+        )
+    problems = reg.audit.verify()
+    assert [p for p in problems if "rewritten" in p] and not [p for p in problems if "edited" in p]
+    # Heads rewritten too: only an anchor kept elsewhere still catches it.
+    for e in (second, third):
+        loc = reg.audit.heads.join(f"{e.seq:08d}.json")
+        storage.write_bytes(loc, json.dumps({"count": e.seq, "hash": e.hash}).encode())
+    assert reg.audit.verify() == []
+    assert any("anchored head" in p for p in reg.audit.verify(expect_head=head["hash"]))
