@@ -149,6 +149,10 @@ class LoopController:
 
     def _run(self, job: JobRecord, kind: JobKind) -> str:
         status = self.jobs.status(job.submission_id)
+        if status in ("PENDING", "RUNNING") and self._overdue(job):
+            self.jobs.stop(job.submission_id)
+            self._audit("job.timeout", {"submission_id": job.submission_id})
+            return "STOPPED"
         if status is not None:
             return status
         entrypoint = (
@@ -158,6 +162,10 @@ class LoopController:
         details = {"submission_id": job.submission_id, "entrypoint": entrypoint}
         self._audit("job.submit", details, subject=job.submission_id)
         return "PENDING"
+
+    def _overdue(self, job: JobRecord) -> bool:
+        started = job.submitted_at
+        return started is not None and time.time() - started > self.cfg.jobs.timeout_s
 
     def _prepare(self, phase: JobPhase) -> JobRecord:
         """Write the job's config under ``jobs/<submission id>/``; returns its record."""
@@ -174,7 +182,9 @@ class LoopController:
         config = folder.join(f"{phase.value}.json")
         storage.write_json(config, body.model_dump(mode="json"))
         result = folder.join(JOBS[phase].result_name).uri
-        return JobRecord(submission_id=submission, config=config.uri, result=result)
+        return JobRecord(
+            submission_id=submission, config=config.uri, result=result, submitted_at=time.time()
+        )
 
     def _published(self, result: dict[str, Any]) -> None:
         self.state = machine.published(self.state, result, time.time())
@@ -206,6 +216,11 @@ class LoopController:
 
     def _canary(self) -> None:
         cur = self.state.cur
+        if self._production() == cur.candidate:
+            # The promotion's alias move was made, and a crash kept the state from saying so.
+            self._promoted(cur.candidate.split(":")[0], "production already serves it "
+                           "(promoted before the controller restarted)")  # fmt: skip
+            return
         # Both sides over the same time, and only what the split routed: a client that names
         # the canary, rates a response twice or rotates its user names cannot steer this.
         since = cur.canary_started_at or 0.0
@@ -230,13 +245,18 @@ class LoopController:
                 name, "production", int(version), expected=expected, reason=f"promoted: {reason}"
             )
         except AliasConflict:
-            # Someone else moved production during the cycle: the candidate was judged against
-            # a version that no longer serves. Retrying could never succeed; end the cycle.
             now = self._production()
-            self._rollback(f"production moved from {cur.production} to {now}: not promoted")
-            return
+            if now != cur.candidate:
+                # Someone else moved production during the cycle: the candidate was judged
+                # against a version that no longer serves. Retrying could never succeed.
+                self._rollback(f"production moved from {cur.production} to {now}: not promoted")
+                return
+            # Our own move, made before a crash that kept the state from being saved.
+        self._promoted(name, reason)
+
+    def _promoted(self, name: str, reason: str) -> None:
         self._clear_canary(name)
-        self._report(cur, "promoted", reason)
+        self._report(self.state.cur, "promoted", reason)
         self._finish("promoted", reason)
 
     def _rollback(self, reason: str) -> None:

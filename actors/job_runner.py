@@ -8,6 +8,7 @@ own), which also keeps the runner picklable as an actor argument.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Protocol
 
@@ -20,6 +21,9 @@ class JobRunner(Protocol):
 
     def submit(self, submission_id: str, entrypoint: str) -> None:
         """Submit once; a submission id that already exists is not an error."""
+
+    def stop(self, submission_id: str) -> None:
+        """Stop a job (one past ``jobs.timeout_s``); a finished one is left as it is."""
 
 
 class RayJobRunner:
@@ -56,6 +60,10 @@ class RayJobRunner:
         except RuntimeError as e:
             if "already exists" not in str(e):
                 raise
+
+    def stop(self, submission_id: str) -> None:
+        with contextlib.suppress(RuntimeError):  # already finished, or never submitted
+            self._jobs().stop_job(submission_id)
 
 
 def job_address(configured: str | None) -> str:

@@ -47,6 +47,7 @@ class JobRecord(StrictModel):
     submission_id: str
     config: str = Field(description="URI of the job's config (its --config).")
     result: str = Field(description="URI the job writes its result to (its --result).")
+    submitted_at: float | None = Field(None, description="When it was first submitted.")
 
 
 class Cycle(StrictModel):
@@ -59,6 +60,7 @@ class Cycle(StrictModel):
     publish_job: str | None = None
     publish_config: str | None = None
     publish_result: str | None = None
+    publish_submitted_at: float | None = None
     snapshot_id: str | None = Field(None, description="The feedback train snapshot.")
     snapshot_uri: str | None = None
     eval_snapshot_id: str | None = Field(None, description="The held-back feedback snapshot.")
@@ -72,11 +74,13 @@ class Cycle(StrictModel):
     train_job: str | None = None
     train_config: str | None = None
     train_result: str | None = None
+    train_submitted_at: float | None = None
     candidate: str | None = Field(None, description="The fine-tuned version ('m:4').")
     trained_at: float | None = None
     eval_job: str | None = None
     eval_config: str | None = None
     eval_result: str | None = None
+    eval_submitted_at: float | None = None
     evaluated_at: float | None = None
     gate: dict[str, Any] | None = Field(None, description="{passed, reason} of the gate.")
     scores: dict[str, Any] | None = Field(None, description="Evaluation scores by role.")
@@ -100,12 +104,14 @@ class Cycle(StrictModel):
             submission_id=submission_id,
             config=getattr(self, f"{phase.value}_config"),
             result=getattr(self, f"{phase.value}_result"),
+            submitted_at=getattr(self, f"{phase.value}_submitted_at"),
         )
 
     def with_job(self, phase: JobPhase, job: JobRecord) -> Cycle:
         p = phase.value
         update = {f"{p}_job": job.submission_id, f"{p}_config": job.config}
-        return self.model_copy(update=update | {f"{p}_result": job.result})
+        update |= {f"{p}_result": job.result, f"{p}_submitted_at": job.submitted_at}
+        return self.model_copy(update=update)
 
 
 class LoopState(StrictModel):

@@ -77,3 +77,16 @@ def test_production_moved_during_the_canary_ends_the_cycle_without_promoting(
     assert "production moved from m:1 to m:3" in last["outcome_reason"]
     assert registry.aliases("m") == {"production": 3}
     assert registry.routing("m")["weights"] == {"production": 100}
+
+
+def test_a_crash_right_after_the_promotion_s_alias_move_still_ends_promoted(
+    tmp_path: Path,
+) -> None:
+    # The move to m:2 was made, the state saying so was not: the restart must not record a
+    # rollback while m:2 serves as production.
+    controller, registry = canary_controller(tmp_path, Ratings(liked("m:2")))
+    registry.set_alias("m", "production", 2, expected=1, reason="promoted: before the crash")
+    state = controller.tick()
+    assert state["history"][-1]["outcome"] == "promoted", state["history"][-1]
+    assert registry.aliases("m") == {"production": 2}
+    assert registry.routing("m")["weights"] == {"production": 100}

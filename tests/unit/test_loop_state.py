@@ -104,6 +104,9 @@ class FakeJobs:
         self.submitted.append((submission_id, entrypoint))
         self.statuses.setdefault(submission_id, "RUNNING")
 
+    def stop(self, submission_id: str) -> None:
+        self.statuses[submission_id] = "STOPPED"
+
 
 class Consumer:
     """Only what the publishing phase reads of the feedback consumer."""
@@ -174,6 +177,20 @@ def test_a_failed_job_ends_the_cycle_with_its_reason(tmp_path: Path) -> None:
     last = state["history"][-1]
     assert last["outcome"] == "failed"
     assert last["outcome_reason"] == f"feedback snapshot job {job_id} failed"
+
+
+def test_a_job_past_its_timeout_is_stopped_and_ends_the_cycle(tmp_path: Path) -> None:
+    jobs = FakeJobs()
+    controller, _ = publishing_controller(tmp_path, jobs)
+    controller.tick()
+    ((job_id, _),) = jobs.submitted
+    assert controller.tick()["phase"] == "publishing"  # running, within jobs.timeout_s
+    job = controller.state.cur.job(JobPhase.publishing)
+    late = job.model_copy(update={"submitted_at": job.submitted_at - 3601})
+    controller.state = machine.job_submitted(controller.state, JobPhase.publishing, late)
+    state = controller.tick()
+    assert jobs.statuses[job_id] == "STOPPED"
+    assert state["history"][-1]["outcome_reason"] == f"feedback snapshot job {job_id} stopped"
 
 
 def test_a_cycle_rejects_unknown_fields() -> None:
