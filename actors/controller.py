@@ -7,6 +7,9 @@ advanced by :meth:`tick`:
 
     idle -> publishing -> training -> evaluating -> canary -> idle
 
+Each controller claims an epoch when it starts (``core.loop.epochs``) and writes its state
+only while no newer one exists: a zombie is fenced instead of overwriting its successor.
+
 Every phase is idempotent, so a controller that dies anywhere resumes where it stopped: the
 three job phases share one function (:meth:`_job_phase`) and submit with ids derived from
 their subject and config (``core.loop.recipes``), so a retry finds the job it already
@@ -30,6 +33,7 @@ from core import faults, storage
 from core.loop import recipes
 from core.loop import state as machine
 from core.loop.drift import reference_profile
+from core.loop.epochs import Epochs, Fenced
 from core.loop.policy import PolicyInput, RetrainPolicy, judge_canary
 from core.loop.state import Cycle, JobPhase, JobRecord, LoopState, Phase
 from core.registry import AliasConflict, ModelRegistry
@@ -73,6 +77,8 @@ class LoopController:
         self.jobs = jobs or RayJobRunner(self.cfg.jobs)
         self.registry = ModelRegistry(self.cfg.registry_uri, self.cfg.storage, actor="loop")
         self.root = storage.resolve(self.cfg.loop_uri, self.cfg.storage)
+        self.epochs = Epochs(self.root.join("controller", "epochs"))
+        self.epoch = self.epochs.claim()
         self.state = self._load()
         self.policy = RetrainPolicy(self.cfg.policy)
         self._lock = threading.Lock()
@@ -341,7 +347,7 @@ class LoopController:
             try:
                 state = self.tick()
                 export_loop(metrics, self.cfg.model_name, state, self.consumer)
-            except faults.InjectedFault:
+            except (faults.InjectedFault, Fenced):
                 raise
             except Exception:  # keep the loop alive; the phase is retried next tick
                 logger.exception("tick failed in phase %s; retrying", self.state.phase)
@@ -381,6 +387,11 @@ class LoopController:
         return machine.load_state(storage.read_json(loc) if storage.exists(loc) else None)
 
     def _save(self) -> None:
+        try:
+            self.epochs.check(self.epoch)
+        except Fenced:
+            self._stop.set()
+            raise
         storage.write_json(
             self.root.join("controller", "state.json"), machine.dump_state(self.state)
         )

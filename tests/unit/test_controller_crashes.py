@@ -143,16 +143,17 @@ def world(tmp_path: Path, writes: Writes) -> tuple[dict, ModelRegistry, Jobs, Co
 
 def run_cycle(cfg: dict, jobs: Jobs, consumer: Consumer, ticks: int = 30) -> dict[str, Any]:
     """Tick a controller until a cycle ends; after a crash, a new one picks up its state."""
-    controller = LoopController(cfg, consumer, jobs)
+    controller = None
     for _ in range(ticks):
         try:
+            controller = controller or LoopController(cfg, consumer, jobs)
             state = controller.tick()
         except Crash:
-            controller = LoopController(cfg, consumer, jobs)  # the restarted actor
+            controller = None  # the actor restarts
             continue
         if state["history"]:
             return state
-    raise AssertionError(f"no outcome after {ticks} ticks: {controller.status()}")
+    raise AssertionError(f"no outcome after {ticks} ticks")
 
 
 def test_a_cycle_without_faults_promotes(tmp_path: Path, monkeypatch) -> None:
@@ -186,3 +187,20 @@ def test_a_crash_at_any_write_ends_the_same_way(tmp_path: Path, monkeypatch, aft
         writes.paused = True
         assert registry.audit.verify() == [], where
         writes.paused = False
+
+
+def test_a_zombie_controller_is_fenced_off(tmp_path: Path, monkeypatch) -> None:
+    from core.loop.epochs import Fenced
+
+    writes = Writes(monkeypatch)
+    cfg, _, jobs, consumer = world(tmp_path, writes)
+    zombie = LoopController(cfg, consumer, jobs)
+    zombie.tick()  # triggered, publishing
+    successor = LoopController(cfg, consumer, jobs)  # the actor restarted elsewhere
+    assert successor.epoch == zombie.epoch + 1
+    state_file = storage.resolve(str(tmp_path / "loop" / "controller" / "state.json"))
+    before = storage.read_bytes(state_file)
+    with pytest.raises(Fenced, match="fenced"):
+        zombie.tick()
+    assert storage.read_bytes(state_file) == before, "the zombie wrote nothing"
+    assert run_cycle(cfg, jobs, consumer)["history"][-1]["outcome"] == "promoted"
