@@ -68,6 +68,11 @@ class GeneratorSettings(StrictModel):
     max_batch_size: int = Field(16, ge=1)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     max_ongoing_requests: int = Field(32, ge=1)
+    max_queued_requests: int = Field(
+        256,
+        ge=1,
+        description="Requests waiting for a replica at most; beyond, a 503 (Serve sheds them).",
+    )
     dtype: Literal["float32", "bfloat16"] = "float32"
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
@@ -139,6 +144,9 @@ class GatewaySettings(StrictModel):
     )
     num_cpus: float = Field(0.1, gt=0)
     num_replicas: int = Field(1, ge=1)
+    max_queued_requests: int = Field(
+        1024, ge=1, description="Requests waiting for a gateway replica; beyond, a 503."
+    )
 
 
 class ServeConfig(StrictModel):

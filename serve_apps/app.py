@@ -32,5 +32,6 @@ def build_app(args: dict[str, Any]) -> Any:
         num_replicas=cfg.gateway.num_replicas,
         ray_actor_options={"num_cpus": cfg.gateway.num_cpus},
         max_ongoing_requests=256,
+        max_queued_requests=cfg.gateway.max_queued_requests,
     )
     return gateway.bind(generator, cfg.model_dump(mode="json"))

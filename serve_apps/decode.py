@@ -215,6 +215,13 @@ class RequestDecoder:
             return await asyncio.to_thread(self.router.resolve, model, user)
         except RegistryError as e:
             raise ApiError(404, f"model {model!r}: {e}", "not_found_error") from None
+        except Exception as e:  # storage down, nothing cached to fall back on
+            raise ApiError(
+                503,
+                f"the model registry is unreachable ({type(e).__name__}): retry shortly",
+                "server_error",
+                {"Retry-After": "5"},
+            ) from None
 
     def _chat_prompt(self, tokenizer: Any, body: Any, route: Route) -> str:
         if not getattr(tokenizer, "chat_template", None):
@@ -245,8 +252,16 @@ class RequestDecoder:
             if tokenizer is None:
                 from transformers import AutoTokenizer
 
-                folder = await asyncio.to_thread(fetch, self.registry, ref)
-                tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, folder)
+                try:
+                    folder = await asyncio.to_thread(fetch, self.registry, ref)
+                    tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, folder)
+                except Exception as e:
+                    raise ApiError(
+                        503,
+                        f"could not load {ref}'s tokenizer ({type(e).__name__}): retry shortly",
+                        "server_error",
+                        {"Retry-After": "5"},
+                    ) from None
                 self._tokenizers.put(ref, tokenizer)
         return tokenizer
 

@@ -50,9 +50,10 @@ def sse(event: BaseModel, exclude_none: bool = False) -> str:
     return f"data: {event.model_dump_json(exclude_none=exclude_none)}\n\n"
 
 
-def stream_error(message: str) -> str:
-    """An error once the status line is gone: in-band, as OpenAI does (no code)."""
-    return sse(ErrorBody(error=ErrorDetail(message=message, type="server_error")), True)
+def stream_error(message: str, code: int = 503, kind: str = "server_error") -> str:
+    """An error once the status line (200) is gone: in-band, as OpenAI does, with the code
+    the status would have had (503: retry, 504: timed out)."""
+    return sse(ErrorBody(error=ErrorDetail(message=message, type=kind, code=code)), True)
 
 
 def full_body(decoded: DecodedRequest, generation: Generation) -> Completion | ChatCompletion:

@@ -154,9 +154,13 @@ class Gateway:
         try:
             async for piece in generation.stream():
                 yield chunks.text(piece)
-        except Exception as e:  # the status line is gone: report in-band, as OpenAI does
+        except TimeoutError:  # the status line is gone: report in-band, as OpenAI does
+            self.telemetry.count(decoded, "504")
+            yield encode.stream_error("generation timed out", 504, "timeout_error")
+            return
+        except Exception as e:
             self.telemetry.count(decoded, "503")
-            yield encode.stream_error(f"generation failed: {type(e).__name__}")
+            yield encode.stream_error(f"generation failed, retry: {type(e).__name__}")
             return
         yield chunks.finish(generation.finish_reason)
         options = decoded.body.stream_options

@@ -150,6 +150,7 @@ def generator_deployment(settings: GeneratorSettings) -> Any:
         },
         autoscaling_config=autoscaling,
         max_ongoing_requests=settings.max_ongoing_requests,
+        max_queued_requests=settings.max_queued_requests,
         health_check_period_s=5,
         graceful_shutdown_timeout_s=5,
     )

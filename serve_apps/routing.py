@@ -49,7 +49,10 @@ def pick_alias(weights: dict[str, float], point: float) -> str:
 
 class Router:
     """Resolves requested models against the registry, caching aliases and weights briefly
-    so an alias move or a new split takes effect within ``ttl_s`` without a restart."""
+    so an alias move or a new split takes effect within ``ttl_s`` without a restart.
+
+    While the registry cannot be read (object storage down), the last answer is served
+    however old (stale on error); an explicit version, immutable, is looked up once."""
 
     def __init__(self, registry: ModelRegistry, ttl_s: float = 1.0, max_models: int = 256) -> None:
         self.registry = registry
@@ -62,8 +65,9 @@ class Router:
     def resolve(self, requested: str, user: str | None = None) -> Route:
         name, version, alias = parse_ref(requested)
         if version is not None:
-            self.registry.get(f"{name}:{version}")  # must exist
-            return Route(f"{name}:{version}", name, "explicit")
+            ref = f"{name}:{version}"
+            self._cached(("version", ref), lambda: self.registry.get(ref), forever=True)
+            return Route(ref, name, "explicit")
         aliases = self._cached(("aliases", name), lambda: self.registry.aliases(name))
         if alias is None:
             weights = self._cached(("routing", name), lambda: self.registry.routing(name))
@@ -81,13 +85,20 @@ class Router:
     def __len__(self) -> int:
         return len(self._cache)
 
-    def _cached(self, key: tuple[str, str], load: Any) -> Any:
+    def _cached(self, key: tuple[str, str], load: Any, forever: bool = False) -> Any:
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(key)
-            if hit and now - hit[0] < self.ttl_s:
+            if hit and (forever or now - hit[0] < self.ttl_s):
                 return hit[1]
-        value = load()
+        try:
+            value = load()
+        except RegistryError:
+            raise  # an answer: no such model or alias
+        except Exception:
+            if hit is None:
+                raise
+            return hit[1]  # the registry is unreachable: the last answer stands
         with self._lock:
             self._cache.put(key, (now, value))
         return value

@@ -56,3 +56,26 @@ def test_router_cache_expires(registry: ModelRegistry) -> None:
     registry.set_alias("m", "production", 2)
     assert router.resolve("m@production").version == "m:1"  # cached
     assert Router(registry, ttl_s=0).resolve("m@production").version == "m:2"
+
+
+def test_routes_stand_while_the_registry_is_unreachable(
+    registry: ModelRegistry, monkeypatch
+) -> None:
+    router = Router(registry, ttl_s=0)  # every lookup goes to the registry while it answers
+    split = router.resolve("m", user="alice")
+    explicit = router.resolve("m:1")
+    calls = {"n": 0}
+
+    def down(*_: object) -> None:
+        calls["n"] += 1
+        raise OSError("object storage unreachable")
+
+    for method in ("aliases", "routing", "get"):
+        monkeypatch.setattr(registry, method, down)
+    assert router.resolve("m", user="alice") == split  # stale on error
+    before = calls["n"]
+    assert router.resolve("m:1") == explicit and calls["n"] == before  # immutable: cached
+    with pytest.raises(OSError):
+        router.resolve("other@production")  # nothing cached to stand on: the gateway's 503
+    with pytest.raises(RegistryError):
+        Router(registry).resolve("bad name!")  # still a 404, not an outage
