@@ -23,10 +23,13 @@ NAMESPACE = "flywheel"
 
 class ActorProxy:
     """An actor handle whose methods are called like a local object's: ``proxy.m(x)`` is
-    ``ray.get(handle.m.remote(x))``."""
+    ``ray.get(handle.m.remote(x), timeout=timeout_s)``. The controller calls the consumer
+    under its tick lock: a consumer that hangs must fail the tick (retried next one), not
+    hold the controller forever."""
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, timeout_s: float = 120.0) -> None:
         self._handle = handle
+        self._timeout_s = timeout_s
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):  # pickling probes dunders before __init__ ran
@@ -36,7 +39,7 @@ class ActorProxy:
         def call(*args: Any) -> Any:
             import ray
 
-            return ray.get(method.remote(*args))
+            return ray.get(method.remote(*args), timeout=self._timeout_s)
 
         return call
 

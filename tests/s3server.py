@@ -69,10 +69,11 @@ def rclone_binary() -> str:
     return found
 
 
-def start_s3_server(root: Path, log: Path) -> S3Server:
-    """rclone over ``root``: fast, objects as plain files; ignores conditional writes."""
+def start_s3_server(root: Path, log: Path, port: int | None = None) -> S3Server:
+    """rclone over ``root``: fast, objects as plain files; ignores conditional writes.
+    ``port``: the one a stopped server had, to bring it back at the same endpoint."""
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     cmd = [
         rclone_binary(),
         "serve",

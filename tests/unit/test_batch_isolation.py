@@ -166,8 +166,6 @@ def hf_engine(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def test_through_serve_batch_only_the_bad_caller_raises(tiny: LoadedModel, hf_engine: Any) -> None:
-    import ray
-
     async def collect(request: dict[str, Any]) -> list[Any]:
         try:
             return [chunk async for chunk in hf_engine.stream(tiny, request)]
@@ -182,4 +180,3 @@ def test_through_serve_batch_only_the_bad_caller_raises(tiny: LoadedModel, hf_en
     _assert_failed(streams[1], ValueError)
     for i in (0, 2, 3):
         assert _assert_finished(streams[i])
-    assert not ray.is_initialized()
