@@ -216,6 +216,21 @@ def _head_node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+def flush_all(namespace: str = "flywheel") -> dict[str, int]:
+    """Flush every event writer of this Ray cluster into segments: events flushed by writer.
+    What a node about to go away runs (the RayService head's preStop hook), so the events
+    in its write-ahead log are in object storage before the log's disk is gone."""
+    import ray
+    from ray.util import list_named_actors
+
+    flushed = {}
+    for entry in list_named_actors(all_namespaces=True):
+        if entry["namespace"] == namespace and entry["name"].startswith(WRITER_NAME):
+            handle = ray.get_actor(entry["name"], namespace=namespace)
+            flushed[entry["name"]] = ray.get(handle.flush.remote(), timeout=60)
+    return flushed
+
+
 def wait_for(handle: Any, timeout_s: float = 30.0) -> None:
     """Wait until a (possibly restarting) writer answers."""
     import ray

@@ -33,6 +33,7 @@ COMMANDS = {
     "serve": "Serve the OpenAI-compatible gateway and generator locally (a Serve config).",
     "events": "The event log.",
     "events tail": "Show events as they arrive.",
+    "events flush": "Flush every event writer into segments (before a node goes away).",
     "loop": "The feedback loop: consumer + controller actors.",
     "loop run": "Start the consumer and controller actors (detached, restartable).",
     "loop status": "Offsets, statistics per version, pending trigger, job in flight, canary.",

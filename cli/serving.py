@@ -106,6 +106,28 @@ def tail(
             offset = after
 
 
+@events_app.command(
+    "flush", help="Flush every event writer into segments (before a node goes away)."
+)
+def flush(
+    address: Annotated[str, typer.Option(help="The Ray cluster.")] = "auto",
+) -> None:
+    """Run before a node that hosts event writers goes away (the RayService's preStop)."""
+    import ray
+
+    from actors.event_writer import flush_all
+
+    ray.init(address=address, log_to_driver=False)
+    try:
+        for name, n in flush_all().items():
+            typer.echo(f"{name}: {n} events flushed")
+    except Exception as e:  # storage down: the write-ahead log still holds them
+        typer.echo(f"flush failed: {e}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        ray.shutdown()
+
+
 def format_event(event: Any) -> str:
     if event.type == "feedback":
         extra = f" correction={event.correction!r}" if event.correction else ""

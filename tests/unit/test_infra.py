@@ -428,6 +428,20 @@ def test_rayservice_applications_resolve_to_s3() -> None:
         assert cfg.registry_uri.startswith("s3://") and cfg.event_log_uri.startswith("s3://")
 
 
+def test_rayservice_event_wal_is_on_the_head_s_volume_and_drained_before_it_goes() -> None:
+    (service,) = of_kind("RayService")
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    container = head["containers"][0]
+    environ = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    wal = ServeConfig.model_validate(expand_vars(app["args"], environ)).event_wal_dir
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert wal in mounts, (wal, mounts)
+    assert mounts[wal] in {v["name"] for v in head["volumes"]}
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["flywheel", "events", "flush"]
+    assert head["terminationGracePeriodSeconds"] >= 60
+
+
 # -- the RayJobs -------------------------------------------------------------------------------
 
 
