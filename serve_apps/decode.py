@@ -165,7 +165,8 @@ class RequestDecoder:
         try:
             return key, model.model_validate(data)
         except ValidationError as e:
-            raise ApiError(422, describe(e.errors())) from None
+            # 400 with the field and its allowed range, as OpenAI answers (FastAPI says 422).
+            raise ApiError(400, describe(e.errors())) from None
 
     async def _read(self, request: Request) -> bytes:
         limit = self.limits.max_body_bytes

@@ -41,7 +41,8 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    return encode.error_response(describe(exc.errors()), "invalid_request_error", 422)
+    # 400, as OpenAI and vLLM's OpenAI server answer a body that fails validation.
+    return encode.error_response(describe(exc.errors()), "invalid_request_error", 400)
 
 
 class Gateway:

@@ -246,8 +246,8 @@ def test_state_stays_bounded_after_10000_junk_requests(trust: dict) -> None:
             return await asyncio.gather(*(one(i) for i in range(12_000)))
 
     codes = asyncio.run(flood())
-    # 404: a junk id or an unknown model; 422: a correction or a name over its length limit.
-    assert set(codes) == {404, 422} and codes.count(404) > 9_000, sorted(set(codes))
+    # 404: a junk id or an unknown model; 400: a correction or a name over its length limit.
+    assert set(codes) == {404, 400} and codes.count(404) > 9_000, sorted(set(codes))
     assert len(logged(trust)) == before_events, "no junk reached the event log"
     while consumer.step():
         pass
@@ -275,7 +275,7 @@ def test_bad_sampling_is_refused_and_a_bad_request_fails_alone(trust: dict) -> N
             return await asyncio.gather(*(c.post("/v1/completions", json=b) for b in bodies))
 
     replies = asyncio.run(burst())
-    assert [r.status_code for r in replies] == [200] * 4 + [422] * 3
+    assert [r.status_code for r in replies] == [200] * 4 + [400] * 3
     assert all(r.json()["error"]["message"] for r in replies[4:])
     # Past the gateway's checks (as a future engine bug would be): only the bad one fails.
     handle = serve.get_deployment_handle("Generator", app_name="trust")
@@ -313,7 +313,7 @@ def test_bad_sampling_is_refused_and_a_bad_request_fails_alone(trust: dict) -> N
     assert r.status_code == 400
     name = {"role": "user", "content": "hi", "name": "<|endoftext|>"}
     r = post(trust, "alice", "/v1/chat/completions", {"model": "tiny:1", "messages": [name]})
-    assert r.status_code in (400, 422)
+    assert r.status_code == 400
 
 
 # Every text mallory sends, to find in what is trained on (none may be).

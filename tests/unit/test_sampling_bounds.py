@@ -1,5 +1,5 @@
 """The sampling fields' bounds: every boundary, the value on it accepted and the one past it
-refused with a message (what the gateway's 422 says) that gives the whole range."""
+refused with a message (what the gateway's 400 says) that gives the whole range."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _completion(**fields: Any) -> CompletionRequest:
 
 
 def _refused(**fields: Any) -> str:
-    """The 422 message the gateway would send for this body."""
+    """The 400 message the gateway would send for this body."""
     with pytest.raises(ValidationError) as caught:
         _completion(**fields)
     return describe(caught.value.errors())
