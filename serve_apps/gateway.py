@@ -63,8 +63,13 @@ class Gateway:
         return {"status": "ok"}
 
     def cache_sizes(self) -> dict[str, int]:
-        """Entries in this replica's caches (through a Serve handle, not HTTP)."""
-        return self.decoder.sizes()
+        """Entries in this replica's caches, its pending events and its resident memory
+        (through a Serve handle, not HTTP)."""
+        import resource
+
+        rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        pending = len(self.telemetry._pending)
+        return self.decoder.sizes() | {"pending_events": pending, "max_rss_kib": rss_kib}
 
     @app.get("/v1/models")
     async def models(self, request: Request) -> JSONResponse:

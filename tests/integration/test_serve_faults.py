@@ -110,7 +110,13 @@ def faults(ray_session, moto_server, tmp_path_factory) -> dict:
                 "max_queued_requests": 4,
                 "autoscaling": {"min_replicas": 1, "max_replicas": 1},
             },
-            "gateway": {"api_keys": [KEY], "max_tokens_ceiling": 8, "routing_ttl_s": 0.2},
+            "gateway": {
+                "api_keys": [KEY],
+                "max_tokens_ceiling": 8,
+                "routing_ttl_s": 0.2,
+                # Overload here is Serve's queue, not a key's rate limit (test_trust has those).
+                "rate_limits": {"key_per_minute": 1e6, "user_per_minute": 1e6},
+            },
         }
 
     cpus = ray_session.available_resources().get("CPU", 0)
@@ -175,6 +181,10 @@ def test_object_storage_down_mid_traffic(faults: dict) -> None:
 
 
 def test_overload_past_the_queue_is_shed_with_503(faults: dict) -> None:
+    from ray import serve
+
+    gateway = serve.get_deployment_handle("Gateway", app_name="faults")
+
     async def burst() -> list[int]:
         headers = {"Authorization": f"Bearer {KEY}"}
         async with httpx.AsyncClient(base_url=faults["base"], headers=headers, timeout=120) as c:
@@ -187,6 +197,13 @@ def test_overload_past_the_queue_is_shed_with_503(faults: dict) -> None:
     print(f"overload: 48 at once -> {dict(codes)}")
     assert set(codes) <= {200, 503}, codes
     assert codes[503] > 0 and codes[200] >= 4, codes  # 4 decoding, 4 queued, the rest shed
+    # Memory stays flat: five more bursts leave the gateway's peak resident set where it was.
+    first = gateway.cache_sizes.remote().result()["max_rss_kib"]
+    for _ in range(5):
+        assert set(asyncio.run(burst())) <= {200, 503}
+    sizes = gateway.cache_sizes.remote().result()
+    print(f"overload: gateway peak RSS {first / 1024:.0f} -> {sizes['max_rss_kib'] / 1024:.0f} MiB")
+    assert sizes["max_rss_kib"] - first < 50 * 1024, sizes
     assert complete(faults, "tiny:1").status_code == 200  # and it recovers at once
 
 
