@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -154,6 +154,18 @@ def write_finetune_recipe(
         )
     )
     return path
+
+
+def loop_settings(root: Path, model: str = "m", **extra: Any) -> dict[str, Any]:
+    """A loop recipe's body for tests, its stores under ``root``; ``extra`` sections added."""
+    return {
+        "model_name": model,
+        "registry_uri": str(root / "registry"),
+        "event_log_uri": str(root / "events"),
+        "loop_uri": str(root / "loop"),
+        "finetune": {"recipe": "jobs/configs/train-tiny.yaml"},
+        **extra,
+    }
 
 
 def served_output(

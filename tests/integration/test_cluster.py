@@ -35,7 +35,7 @@ from core.data.snapshots import list_snapshots
 from core.registry import ModelRegistry
 from demo.corpus import generate_corpus
 from jobs.runtime import free_port
-from tests.tinymodel import make_tiny_model
+from tests.tinymodel import loop_settings, make_tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -410,15 +410,12 @@ def resume_controller(config_path: str, timeout_s: float) -> None:
 
 def test_loop_controller_runs_its_job_on_the_cluster(cluster: RayCluster, trained: dict) -> None:
     store = cluster.home / "store"
-    cfg = {
-        "model_name": "tiny",
-        "registry_uri": str(store / "registry"),
-        "event_log_uri": str(store / "events"),
-        "loop_uri": str(store / "loop"),
-        "finetune": {"recipe": "jobs/configs/train-tiny.yaml"},
-        "evaluate": {"max_heldout_blocks": 8},
-        "jobs": {"address": cluster.dashboard, "working_dir": str(REPO)},
-    }
+    cfg = loop_settings(
+        store,
+        "tiny",
+        evaluate={"max_heldout_blocks": 8},
+        jobs={"address": cluster.dashboard, "working_dir": str(REPO)},
+    )
     config = cluster.home / "loop.json"
     config.write_text(json.dumps(cfg))
     state = store / "loop" / "controller" / "state.json"

@@ -8,7 +8,7 @@ from typing import Any
 from actors.controller import LoopController
 from core import storage
 from core.registry import ModelRegistry
-from tests.tinymodel import model_dir
+from tests.tinymodel import loop_settings, model_dir
 
 
 class Ratings:
@@ -34,14 +34,7 @@ def canary_controller(tmp_path: Path, ratings: Ratings) -> tuple[LoopController,
     registry.set_alias("m", "production", 1)
     registry.set_alias("m", "canary", 2)
     registry.set_routing("m", {"production": 70, "canary": 30})
-    cfg = {
-        "model_name": "m",
-        "registry_uri": str(tmp_path / "registry"),
-        "event_log_uri": str(tmp_path / "events"),
-        "loop_uri": str(tmp_path / "loop"),
-        "finetune": {"recipe": "jobs/configs/train-tiny.yaml"},
-        "canary": {"min_rated": 4},
-    }
+    cfg = loop_settings(tmp_path, canary={"min_rated": 4})
     current = {"production": "m:1", "candidate": "m:2", "canary_baseline": {}}
     current["canary_started_at"] = 1e12  # far from its deadline
     state = {"phase": "canary", "cycle": 1, "paused": False, "force": False}

@@ -19,7 +19,7 @@ import pytest
 from actors.controller import LoopController
 from core import storage
 from core.registry import ModelRegistry
-from tests.tinymodel import model_dir
+from tests.tinymodel import loop_settings, model_dir
 
 
 class Crash(BaseException):
@@ -129,15 +129,11 @@ def world(tmp_path: Path, writes: Writes) -> tuple[dict, ModelRegistry, Jobs, Co
     registry.register("m", model_dir(tmp_path, "production"))
     registry.set_alias("m", "production", 1)
     writes.paused = False
-    cfg = {
-        "model_name": "m",
-        "registry_uri": str(tmp_path / "registry"),
-        "event_log_uri": str(tmp_path / "events"),
-        "loop_uri": str(tmp_path / "loop"),
-        "finetune": {"recipe": "jobs/configs/train-tiny.yaml"},
-        "policy": {"min_new_examples": 1},
-        "evaluate": {"heldout_snapshot_uri": str(tmp_path / "corpus")},
-    }
+    cfg = loop_settings(
+        tmp_path,
+        policy={"min_new_examples": 1},
+        evaluate={"heldout_snapshot_uri": str(tmp_path / "corpus")},
+    )
     return cfg, registry, Jobs(writes, registry, tmp_path), Consumer(writes)
 
 

@@ -15,7 +15,7 @@ from core import storage
 from core.loop import state as machine
 from core.loop.state import Cycle, JobPhase, JobRecord, LoopState, Phase
 from core.registry import ModelRegistry
-from tests.tinymodel import model_dir
+from tests.tinymodel import loop_settings, model_dir
 
 
 def test_a_cycle_goes_round_and_joins_the_history() -> None:
@@ -129,14 +129,7 @@ def publishing_controller(tmp_path: Path, jobs: FakeJobs) -> tuple[LoopControlle
     registry = ModelRegistry(str(tmp_path / "registry"), actor="test")
     registry.register("m", model_dir(tmp_path, "a"))
     registry.set_alias("m", "production", 1)
-    cfg = {
-        "model_name": "m",
-        "registry_uri": str(tmp_path / "registry"),
-        "event_log_uri": str(tmp_path / "events"),
-        "loop_uri": str(tmp_path / "loop"),
-        "finetune": {"recipe": "jobs/configs/train-tiny.yaml"},
-        "jobs": {"python": "python3"},
-    }
+    cfg = loop_settings(tmp_path, jobs={"python": "python3"})
     state = machine.triggered(LoopState(), "forced", "m:1", upto=5, now=1.0)
     loc = storage.resolve(str(tmp_path / "loop/controller/state.json"))
     storage.write_json(loc, machine.dump_state(state))
