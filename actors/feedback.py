@@ -114,7 +114,7 @@ class FeedbackConsumer:
         for fb in self.state.pending_feedback.pop(e.response_id, []):
             self._join(e.response_id, summary, fb)
         self.state.pending_served[e.response_id] = summary
-        _keep_newest(self.state.pending_served, self.cfg.max_pending, self._dropped, "served")
+        self._dropped("served", _keep_newest(self.state.pending_served, self.cfg.max_pending))
 
     def _feedback(self, e: Feedback, at: float) -> None:
         fb = FeedbackSummary(
@@ -131,7 +131,7 @@ class FeedbackConsumer:
             waiting = self.state.pending_feedback.setdefault(e.response_id, [])
             waiting[:] = [fb]  # only the latest can count
             limit = self.cfg.max_pending_feedback
-            _keep_newest(self.state.pending_feedback, limit, self._dropped, "feedback")
+            self._dropped("feedback", _keep_newest(self.state.pending_feedback, limit))
         else:
             self._join(e.response_id, served, fb)
 
@@ -205,7 +205,8 @@ class FeedbackConsumer:
                 s.candidates[old.correction_index - s.candidates_base].superseded = True
 
     def _dropped(self, why: str, n: int = 1) -> None:
-        self.state.dropped[why] = self.state.dropped.get(why, 0) + n
+        if n:
+            self.state.dropped[why] = self.state.dropped.get(why, 0) + n
 
     def _stats(self, version: str) -> VersionCounters:
         return self.state.stats.setdefault(version, VersionCounters())
@@ -216,7 +217,7 @@ class FeedbackConsumer:
         horizon = (s.last_event_at or 0) - self.cfg.join_window_s
         s.seen = {k: t for k, t in s.seen.items() if t >= horizon}
         # Duplicates come from a writer's replay, so recent: the newest ids are enough.
-        _keep_newest(s.seen, 2 * self.cfg.max_pending, lambda *_: None, "seen")
+        _keep_newest(s.seen, 2 * self.cfg.max_pending)
         s.pending_served = {k: v for k, v in s.pending_served.items() if v.at >= horizon}
         s.pending_feedback = {
             k: kept
@@ -252,8 +253,8 @@ class FeedbackConsumer:
             upto = s.candidates_base + len(s.candidates)
             ratings_upto = s.ratings_base + len(s.ratings)
             fresh = [c for c in s.candidates[s.published - s.candidates_base :] if not c.superseded]
-            rated = [r for r in s.ratings[s.ratings_published - s.ratings_base :]]
-            rated = [r for r in rated if not r.superseded]
+            fresh_ratings = s.ratings[s.ratings_published - s.ratings_base :]
+            rated = [r for r in fresh_ratings if not r.superseded]
         examples, quarantined = curate(
             Candidate(**c.model_dump(exclude={"superseded"})) for c in fresh
         )
@@ -358,11 +359,12 @@ def capped_tally(votes: list[RatingRecord], cap: int) -> dict[str, Any]:
     return {"rated": rated, "accepted": accepted, "principals": len(by), "responses": len(votes)}
 
 
-def _keep_newest(items: dict[str, Any], limit: int, dropped: Any, why: str) -> None:
+def _keep_newest(items: dict[str, Any], limit: int) -> int:
     """Past ``limit``, drop the oldest entries (dicts keep insertion order) and a tenth more,
-    so a full dict is trimmed once in a while rather than on every event."""
-    if len(items) > limit:
-        extra = len(items) - limit + limit // 10
-        for key in list(items)[:extra]:
-            del items[key]
-        dropped(why, extra)
+    so a full dict is trimmed once in a while rather than on every event; how many went."""
+    if len(items) <= limit:
+        return 0
+    extra = len(items) - limit + limit // 10
+    for key in list(items)[:extra]:
+        del items[key]
+    return extra

@@ -44,6 +44,11 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.message, self.kind, self.headers = status, message, kind, headers
 
+    @classmethod
+    def unavailable(cls, message: str, retry_after_s: float = 5) -> ApiError:
+        """A 503 whose ``Retry-After`` says when to come back (nothing was kept)."""
+        return cls(503, message, "server_error", {"Retry-After": str(math.ceil(retry_after_s))})
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -90,7 +95,7 @@ class RequestDecoder:
         self.registry = registry
         self.router = Router(registry, cfg.gateway.routing_ttl_s, cfg.gateway.max_cached_models)
         self.keyring = KeyRing(cfg.gateway)
-        secret = self.keyring.secret(cfg.gateway)
+        secret = self.keyring.secret()
         self.pseudonyms = Pseudonyms(secret)
         self.response_ids = ResponseIds(secret)
         self.limiter = RateLimiter(cfg.gateway.rate_limits)
@@ -217,11 +222,8 @@ class RequestDecoder:
         except RegistryError as e:
             raise ApiError(404, f"model {model!r}: {e}", "not_found_error") from None
         except Exception as e:  # storage down, nothing cached to fall back on
-            raise ApiError(
-                503,
-                f"the model registry is unreachable ({type(e).__name__}): retry shortly",
-                "server_error",
-                {"Retry-After": "5"},
+            raise ApiError.unavailable(
+                f"the model registry is unreachable ({type(e).__name__}): retry shortly"
             ) from None
 
     def _chat_prompt(self, tokenizer: Any, body: Any, route: Route) -> str:
@@ -257,11 +259,8 @@ class RequestDecoder:
                     folder = await asyncio.to_thread(fetch, self.registry, ref)
                     tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, folder)
                 except Exception as e:
-                    raise ApiError(
-                        503,
-                        f"could not load {ref}'s tokenizer ({type(e).__name__}): retry shortly",
-                        "server_error",
-                        {"Retry-After": "5"},
+                    raise ApiError.unavailable(
+                        f"could not load {ref}'s tokenizer ({type(e).__name__}): retry shortly"
                     ) from None
                 self._tokenizers.put(ref, tokenizer)
         return tokenizer

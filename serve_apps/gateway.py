@@ -68,7 +68,7 @@ class Gateway:
         import resource
 
         rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        pending = len(self.telemetry._pending)
+        pending = self.telemetry.pending_events
         return self.decoder.sizes() | {"pending_events": pending, "max_rss_kib": rss_kib}
 
     @app.get("/v1/models")
@@ -122,11 +122,8 @@ class Gateway:
             await self.telemetry.feedback(event)
         except (WriterFull, WalError) as e:
             # Nothing of it was kept: the client's retry makes no second event.
-            raise ApiError(
-                503,
-                f"feedback not recorded, retry: {e}",
-                "server_error",
-                {"Retry-After": str(WriterFull.retry_after_s)},
+            raise ApiError.unavailable(
+                f"feedback not recorded, retry: {e}", WriterFull.retry_after_s
             ) from None
         return encode.json_response(FeedbackAccepted(id=event.event_id))
 
@@ -134,11 +131,8 @@ class Gateway:
         decoded = await self.decoder.generation(request, endpoint)
         if self.telemetry.saturated():
             self.telemetry.count(decoded, "503")
-            raise ApiError(
-                503,
-                "the event log is not taking events: retry shortly",
-                "server_error",
-                {"Retry-After": str(WriterFull.retry_after_s)},
+            raise ApiError.unavailable(
+                "the event log is not taking events: retry shortly", WriterFull.retry_after_s
             )
         generation = Generation(self.generator, decoded, self.cfg.gateway.request_timeout_s)
         if decoded.body.stream:

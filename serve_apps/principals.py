@@ -69,6 +69,7 @@ class KeyRing:
 
     def __init__(self, settings: GatewaySettings, environ: dict[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
+        self._pseudonym_secret = env.get(settings.pseudonym_key_env, "").strip()
         raw = [*settings.api_keys, *env.get(settings.api_keys_env, "").split(",")]
         keys = [parse_key(k) for k in raw if not isinstance(k, str) or k.strip()]
         if not keys:
@@ -88,13 +89,11 @@ class KeyRing:
                 found = key
         return found if token else None
 
-    def secret(self, settings: GatewaySettings, environ: dict[str, str] | None = None) -> bytes:
+    def secret(self) -> bytes:
         """The pseudonym and response-id secret: its own variable, else derived from the keys
         (stable while the keys are; set the variable so rotating a key keeps pseudonyms)."""
-        env = os.environ if environ is None else environ
-        own = env.get(settings.pseudonym_key_env, "").strip()
-        if own:
-            return own.encode()
+        if self._pseudonym_secret:
+            return self._pseudonym_secret.encode()
         joined = "\0".join(sorted(k.key for k in self.keys))
         return hashlib.sha256(b"flywheel-pseudonyms\0" + joined.encode()).digest()
 

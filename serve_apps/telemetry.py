@@ -58,9 +58,14 @@ class GatewayTelemetry:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    @property
+    def pending_events(self) -> int:
+        """Served events still on their way to the writer."""
+        return len(self._pending)
+
     def saturated(self) -> bool:
         """Too many served events wait for the writer: take no new requests for now."""
-        return len(self._pending) >= MAX_PENDING
+        return self.pending_events >= MAX_PENDING
 
     async def feedback(self, event: Feedback) -> None:
         """Feedback is acknowledged only once the writer holds it durably; a writer that shed

@@ -12,7 +12,7 @@ a bad request, or a failed step of one version, fails only the requests it conce
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -232,13 +232,6 @@ class RequestBatch:
 def _chunk(out: StepOutput) -> dict[str, Any]:
     """A step's output as the engines stream it (a plain dict: cheap to send)."""
     return {"text": out.text, "tokens": out.tokens, "finish_reason": out.finish_reason}
-
-
-def decode_batch(items: Sequence[Item]) -> Iterator[list[Any]]:
-    """:class:`RequestBatch`'s steps until every request has ended."""
-    batch = RequestBatch(items)
-    while not batch.done:
-        yield batch.step()
 
 
 def _vocab_size(model: Any) -> int | None:

@@ -97,13 +97,13 @@ def curate(
     for c in candidates:
         # Answers in ingest's normal form, as the corpus is; the prompt is kept as served (it
         # is the rendered template the model saw, clean_text would change it).
-        answer = redactor.redact(clean_text(c.answer))[0]
+        answer = _trained_form(c.answer, redactor)
         prompt = redactor.redact(c.prompt)[0]
         reason = text_reason(answer, cfg) or prompt_reason(prompt, c.user_text)
         if reason:
             quarantined.append(Quarantined(reason, prompt, answer, c.user, c.event_ids))
         else:
-            rejected = redactor.redact(clean_text(c.rejected))[0] if c.rejected else None
+            rejected = _trained_form(c.rejected, redactor) if c.rejected else None
             kept.append(
                 Candidate(
                     prompt, answer, c.user, c.event_ids, c.model_version, rejected, c.user_text
@@ -112,6 +112,11 @@ def curate(
     kept, flooded = _drop_floods(kept, cfg)
     kept, outliers = _drop_outliers(kept, cfg)
     return _dedupe(kept), quarantined + flooded + outliers
+
+
+def _trained_form(answer: str, redactor: PiiRedactor) -> str:
+    """An answer as it is trained on: ingest's normal form, PII redacted."""
+    return redactor.redact(clean_text(answer))[0]
 
 
 # Who events without a principal count as: all of them together, one principal. Counting
@@ -230,7 +235,7 @@ def curate_ratings(
     quarantined: list[Quarantined] = []
     scores: dict[str, int] = {}
     for r in ratings:
-        completion = redactor.redact(clean_text(r.completion))[0]
+        completion = _trained_form(r.completion, redactor)
         prompt = redactor.redact(r.prompt)[0]
         # A bad rating trains on its prompt as well: the prompt rules apply to every rating.
         reason = text_reason(completion, cfg) if r.rating >= 4 else None

@@ -1,7 +1,7 @@
 """On the hf engine a bad request fails alone: its batch-mates decode on.
 
 A tiny model is built from a config (nothing downloaded) and loaded without a registry. The
-batch function (:func:`core.generation.decoder.decode_batch`) runs without Ray, and one test
+batch (:class:`core.generation.decoder.RequestBatch`) runs without Ray, and one test
 drives the real ``@serve.batch`` of :class:`serve_apps.hf_engine.HFEngine` (Ray not started).
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from core.generation.decoder import RequestBatch, decode_batch
+from core.generation.decoder import RequestBatch
 from core.generation.loading import LoadedModel
 from tests.tinymodel import make_tiny_model
 
@@ -41,7 +41,9 @@ def _run(items: list[tuple[LoadedModel, dict[str, Any]]]) -> list[list[Any]]:
     """Each request's outputs, in order, up to (not including) its StopIteration."""
     streams: list[list[Any]] = [[] for _ in items]
     ended = [False] * len(items)
-    for step in decode_batch(items):
+    batch = RequestBatch(items)
+    while not batch.done:
+        step = batch.step()
         assert len(step) == len(items)  # @serve.batch requires one output per request
         for i, out in enumerate(step):
             if out is StopIteration:

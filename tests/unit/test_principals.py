@@ -50,9 +50,11 @@ def test_pseudonyms_are_keyed_stable_and_scoped() -> None:
     assert alice != p("user", "alice@example.com", "ops")  # another key's alice
     assert p("session", "s1", "app").startswith("s-") and p("user", None) is None
     # Without its own secret the derived one is stable and depends on the keys.
-    ring = KeyRing(GatewaySettings(api_keys=["a:secret-one"]), {})
-    assert ring.secret(GatewaySettings(), {}) == ring.secret(GatewaySettings(), {})
-    own = ring.secret(GatewaySettings(), {"FLYWHEEL_PSEUDONYM_KEY": "s3cret"})
+    settings = GatewaySettings(api_keys=["a:secret-one"])
+    ring = KeyRing(settings, {})
+    assert ring.secret() == KeyRing(settings, {}).secret()
+    assert ring.secret() != KeyRing(GatewaySettings(api_keys=["a:secret-two"]), {}).secret()
+    own = KeyRing(settings, {"FLYWHEEL_PSEUDONYM_KEY": "s3cret"}).secret()
     assert own == b"s3cret"
 
 
