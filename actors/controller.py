@@ -2,13 +2,14 @@
 Ray jobs, gates, canaries, and promotes or rolls back, on its own.
 
 The state machine itself is pure and typed (``core.loop.state``); this class performs its
-side effects and persists each state it reaches (``<loop_uri>/controller/state.json``),
+side effects and persists each state it reaches (``<loop_uri>/controller/states/``),
 advanced by :meth:`tick`:
 
     idle -> publishing -> training -> evaluating -> canary -> idle
 
-Each controller claims an epoch when it starts (``core.loop.epochs``) and writes its state
-only while no newer one exists: a zombie is fenced instead of overwriting its successor.
+Each state is a new version created exclusively, one above the last (``core.loop.statelog``):
+a compare-and-set. A controller claims the log when it starts; an older one still running (a
+zombie) finds its next version taken and is fenced, having written nothing.
 
 Every phase is idempotent, so a controller that dies anywhere resumes where it stopped: the
 three job phases share one function (:meth:`_job_phase`) and submit with ids derived from
@@ -33,9 +34,9 @@ from core import faults, storage
 from core.loop import recipes
 from core.loop import state as machine
 from core.loop.drift import reference_profile
-from core.loop.epochs import Epochs, Fenced
 from core.loop.policy import PolicyInput, RetrainPolicy, judge_canary
 from core.loop.state import Cycle, JobPhase, JobRecord, LoopState, Phase
+from core.loop.statelog import Fenced, StateLog
 from core.registry import AliasConflict, ModelRegistry
 from schemas.base import StrictModel
 from schemas.loop import LoopConfig
@@ -77,9 +78,10 @@ class LoopController:
         self.jobs = jobs or RayJobRunner(self.cfg.jobs)
         self.registry = ModelRegistry(self.cfg.registry_uri, self.cfg.storage, actor="loop")
         self.root = storage.resolve(self.cfg.loop_uri, self.cfg.storage)
-        self.epochs = Epochs(self.root.join("controller", "epochs"))
-        self.epoch = self.epochs.claim()
-        self.state = self._load()
+        self.log = StateLog(self.root.join("controller", "states"))
+        self.epoch, self.state = self._claim()
+        self.version = self.epoch  # the version this controller last wrote
+        self._written = machine.dump_state(self.state)
         self.policy = RetrainPolicy(self.cfg.policy)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -382,16 +384,20 @@ class LoopController:
             action, subject or self.cfg.model_name, {"cycle": self.state.cycle, **details}
         )
 
-    def _load(self) -> LoopState:
-        loc = self.root.join("controller", "state.json")
-        return machine.load_state(storage.read_json(loc) if storage.exists(loc) else None)
+    def _claim(self) -> tuple[int, LoopState]:
+        legacy = self.root.join("controller", "state.json")  # before the versioned log
+        default = storage.read_json(legacy) if storage.exists(legacy) else None
+        epoch, raw = self.log.claim(machine.dump_state(machine.load_state(default)))
+        return epoch, machine.load_state(raw)
 
     def _save(self) -> None:
+        """Write the state as a new version, unless it has not changed since the last."""
+        dumped = machine.dump_state(self.state)
+        if dumped == self._written:
+            return
         try:
-            self.epochs.check(self.epoch)
+            self.version = self.log.write(self.version, self.epoch, dumped)
         except Fenced:
             self._stop.set()
             raise
-        storage.write_json(
-            self.root.join("controller", "state.json"), machine.dump_state(self.state)
-        )
+        self._written = dumped

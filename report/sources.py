@@ -6,11 +6,13 @@ it failed to read, a line in ``problems`` that the page shows at the top.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from core import storage
 from core.events import EventLog
+from core.loop.statelog import read_state
 from core.registry import ModelRegistry
 from core.storage import StorageError
 from schemas.events import Feedback, ServedOutput
@@ -56,8 +58,8 @@ def gather(
         src.problems.append(f"Could not read the event log {event_log_uri}: {e}")
     if loop_uri:
         root = storage.resolve(loop_uri, settings)
-        src.controller = _read_state(src, root.join("controller", "state.json"))
-        src.consumer = _read_state(src, root.join("consumer", "state.json"))
+        src.controller = _read_state(src, root.join("controller", "states"), read_state)
+        src.consumer = _read_state(src, root.join("consumer", "state.json"), _read_file)
     return src
 
 
@@ -88,9 +90,15 @@ def _read_events(src: Sources, log: EventLog) -> None:
             src.feedback.append(event)
 
 
-def _read_state(src: Sources, loc: storage.Location) -> dict[str, Any] | None:
+def _read_file(loc: storage.Location) -> dict[str, Any] | None:
+    return storage.read_json(loc) if storage.exists(loc) else None
+
+
+def _read_state(
+    src: Sources, loc: storage.Location, read: Callable[[storage.Location], dict[str, Any] | None]
+) -> dict[str, Any] | None:
     try:
-        return storage.read_json(loc) if storage.exists(loc) else None
+        return read(loc)
     except READ_ERRORS as e:
         src.problems.append(f"Could not read {loc.uri}: {e}")
         return None

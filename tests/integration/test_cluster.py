@@ -418,6 +418,7 @@ def test_loop_controller_runs_its_job_on_the_cluster(cluster: RayCluster, traine
     )
     config = cluster.home / "loop.json"
     config.write_text(json.dumps(cfg))
+    # The single state file from before the versioned log: the controller takes it up.
     state = store / "loop" / "controller" / "state.json"
     state.parent.mkdir(parents=True)
     # Evaluating tiny:1 against itself: the gate must reject it (no gain on the feedback set).

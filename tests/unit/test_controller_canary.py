@@ -7,6 +7,7 @@ from typing import Any
 
 from actors.controller import LoopController
 from core import storage
+from core.loop.statelog import StateLog
 from core.registry import ModelRegistry
 from tests.tinymodel import loop_settings, model_dir
 
@@ -39,7 +40,7 @@ def canary_controller(tmp_path: Path, ratings: Ratings) -> tuple[LoopController,
     current["canary_started_at"] = 1e12  # far from its deadline
     state = {"phase": "canary", "cycle": 1, "paused": False, "force": False}
     state |= {"last_trigger_at": None, "current": current, "history": []}
-    storage.write_json(storage.resolve(str(tmp_path / "loop/controller/state.json")), state)
+    StateLog(storage.resolve(str(tmp_path / "loop/controller/states"))).claim(state)
     return LoopController(cfg, ratings), registry
 
 

@@ -11,6 +11,7 @@ job API's jobs "run" at submission, writing the result a real job would).
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 
 from actors.controller import LoopController
 from core import storage
+from core.loop.statelog import Fenced, StateLog, read_state
 from core.registry import ModelRegistry
 from tests.tinymodel import loop_settings, model_dir
 
@@ -186,17 +188,85 @@ def test_a_crash_at_any_write_ends_the_same_way(tmp_path: Path, monkeypatch, aft
 
 
 def test_a_zombie_controller_is_fenced_off(tmp_path: Path, monkeypatch) -> None:
-    from core.loop.epochs import Fenced
-
     writes = Writes(monkeypatch)
     cfg, _, jobs, consumer = world(tmp_path, writes)
     zombie = LoopController(cfg, consumer, jobs)
     zombie.tick()  # triggered, publishing
     successor = LoopController(cfg, consumer, jobs)  # the actor restarted elsewhere
-    assert successor.epoch == zombie.epoch + 1
-    state_file = storage.resolve(str(tmp_path / "loop" / "controller" / "state.json"))
-    before = storage.read_bytes(state_file)
+    assert successor.epoch > zombie.epoch
+    log = StateLog(storage.resolve(str(tmp_path / "loop" / "controller" / "states")))
+    before = log.latest()
     with pytest.raises(Fenced, match="fenced"):
         zombie.tick()
-    assert storage.read_bytes(state_file) == before, "the zombie wrote nothing"
+    assert log.latest() == before, "the zombie wrote nothing"
     assert run_cycle(cfg, jobs, consumer)["history"][-1]["outcome"] == "promoted"
+
+
+def test_a_zombie_that_stalls_at_its_write_is_fenced(tmp_path: Path, monkeypatch) -> None:
+    """The hole a check-then-write leaves: the zombie is still the newest when it decides to
+    write, and its successor starts (and writes) before the write lands."""
+    writes = Writes(monkeypatch)
+    cfg, _, jobs, consumer = world(tmp_path, writes)
+    zombie = LoopController(cfg, consumer, jobs)
+    successors: list[LoopController] = []
+    real = storage.create_exclusive
+
+    def stalled(loc: storage.Location, data: bytes) -> bool:
+        if "/states/" in loc.path and not stalled.once:  # the zombie's pause, right here
+            stalled.once = True
+            successors.append(LoopController(cfg, consumer, jobs))
+        return real(loc, data)
+
+    stalled.once = False
+
+    monkeypatch.setattr(storage, "create_exclusive", stalled)
+    with pytest.raises(Fenced, match=f"written by epoch {zombie.epoch + 1}"):
+        zombie.tick()
+    log = StateLog(storage.resolve(str(tmp_path / "loop" / "controller" / "states")))
+    newest, state = log.latest()
+    assert newest == successors[0].epoch and state["phase"] == "idle", "the successor's claim"
+    assert zombie._stop.is_set(), "a fenced controller stops its loop"
+
+
+def test_the_state_log_is_a_compare_and_set(cas_store) -> None:
+    log = StateLog(storage.resolve(cas_store.uri("states"), cas_store.settings), keep=3)
+    assert log.latest() == (0, None)
+    a, _ = log.claim({"n": 0})
+    b, _ = log.claim({"n": 0})  # a second writer, started from the same version
+    assert (a, b) == (1, 2)
+    with pytest.raises(Fenced, match="version 2 was written by epoch 2"):
+        log.write(a, a, {"n": 1})
+    # Eight writers from the same version at once: exactly one wins.
+    with ThreadPoolExecutor(8) as pool:
+        tries = list(pool.map(lambda i: _try_write(log, b, i), range(8)))
+    assert sum(t is not None for t in tries) == 1, tries
+    v = 3
+    for n in range(2, 6):
+        v = log.write(v, b, {"n": n})
+    assert log.latest() == (7, {"n": 5})
+    assert [f.relpath for f in storage.list_files(log.folder)] == [
+        f"{n:012d}.json" for n in (5, 6, 7)
+    ], "only the newest three are kept"
+    # A writer so far behind that its slot was pruned writes nothing anyone reads.
+    with pytest.raises(Fenced, match="version 2 was pruned"):
+        log.write(2, a, {"n": -1})
+    assert not storage.exists(log.folder.join(f"{3:012d}.json"))
+    assert log.latest() == (7, {"n": 5})
+
+
+def _try_write(log: StateLog, after: int, n: int) -> int | None:
+    try:
+        return log.write(after, 100 + n, {"n": 1})
+    except Fenced:
+        return None
+
+
+def test_a_state_file_from_before_the_log_is_taken_up(tmp_path: Path, monkeypatch) -> None:
+    writes = Writes(monkeypatch)
+    cfg, _, jobs, consumer = world(tmp_path, writes)
+    legacy = storage.resolve(str(tmp_path / "loop" / "controller" / "state.json"))
+    storage.write_json(legacy, {"cycle": 7, "paused": True})
+    controller = LoopController(cfg, consumer, jobs)
+    assert (controller.state.cycle, controller.state.paused) == (7, True)
+    folder = storage.resolve(str(tmp_path / "loop" / "controller" / "states"))
+    assert read_state(folder)["cycle"] == 7

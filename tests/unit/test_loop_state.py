@@ -14,6 +14,7 @@ from actors.controller import LoopController
 from core import storage
 from core.loop import state as machine
 from core.loop.state import Cycle, JobPhase, JobRecord, LoopState, Phase
+from core.loop.statelog import StateLog
 from core.registry import ModelRegistry
 from tests.tinymodel import loop_settings, model_dir
 
@@ -131,8 +132,8 @@ def publishing_controller(tmp_path: Path, jobs: FakeJobs) -> tuple[LoopControlle
     registry.set_alias("m", "production", 1)
     cfg = loop_settings(tmp_path, jobs={"python": "python3"})
     state = machine.triggered(LoopState(), "forced", "m:1", upto=5, now=1.0)
-    loc = storage.resolve(str(tmp_path / "loop/controller/state.json"))
-    storage.write_json(loc, machine.dump_state(state))
+    loc = storage.resolve(str(tmp_path / "loop/controller/states"))
+    StateLog(loc).claim(machine.dump_state(state))
     consumer = Consumer()
     return LoopController(cfg, consumer, jobs), consumer
 

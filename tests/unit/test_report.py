@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from cli.main import COMMANDS, app
 from core import storage
 from core.events import EventLog
+from core.loop.statelog import StateLog
 from core.registry import ModelRegistry
 from report.charts import line_chart
 from report.lineage import layout, lineage_graph
@@ -213,8 +214,7 @@ def _loop_state(uri: str) -> None:
             "evaluated_at": 4.0,
         },
     ]
-    storage.write_json(
-        root.join("controller", "state.json"),
+    StateLog(root.join("controller", "states")).claim(
         {"drift": {"score": 0.21, "words_js": 0.3, "length_shift": 0.12}, "history": history},
     )
     stats = {
