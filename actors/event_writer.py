@@ -8,10 +8,22 @@ or ``max_buffer`` events, then trims the write-ahead log. If the actor dies, Ray
 an acknowledged event is never lost; a replay may write an event twice, and consumers
 deduplicate by event id.
 
-An append either acknowledges or raises with nothing kept, never both: past
-``max_buffered`` events (object storage down for long) it sheds with :class:`WriterFull`
-before writing anything, and once an event is in the write-ahead log a failed flush is left
-to the background thread. The writer starts during a storage outage too and flushes what
+Where an acknowledgement is given is ``acks`` (Kafka's word for the same choice):
+
+- ``"wal"``: once the event is in the local write-ahead log. Fast; survives a crash of the
+  writer, a restart of the node's Ray and a reboot, but not the loss of the node's disk
+  (events not flushed yet, about ``flush_interval_s`` of them, go with it).
+- ``"store"``: once the event is in a segment in object storage (a group commit: the events
+  of concurrent appends share one segment, written ``commit_linger_s`` after the first).
+  Survives the loss of the node; costs a segment write of latency.
+
+With ``acks="wal"`` an append either acknowledges or raises with nothing kept, never both:
+past ``max_buffered`` events (object storage down for long) it sheds with
+:class:`WriterFull` before writing anything, and once an event is in the write-ahead log a
+failed flush is left to the background thread. With ``acks="store"`` an append that could
+not reach a segment in ``ack_timeout_s`` raises :class:`NotDurable` with the event still
+in the write-ahead log: a retry may log it twice, and consumers keep one (by event id, and
+one rating per response). The writer starts during a storage outage too and flushes what
 it recovered when storage returns.
 
 A plain class: ``ray.remote(...)`` is applied where it is started (:func:`start_event_writer`).
@@ -44,6 +56,10 @@ class WriterFull(RuntimeError):
     retry_after_s = 5
 
 
+class NotDurable(WriterFull):
+    """``acks="store"``: the events did not reach object storage in time (kept locally)."""
+
+
 class EventWriter:
     """Acknowledged events are durable (write-ahead log) and reach the event log in order."""
 
@@ -55,7 +71,12 @@ class EventWriter:
         flush_interval_s: float = 1.0,
         max_buffer: int = 512,
         max_buffered: int = 100_000,
+        acks: str = "wal",
+        ack_timeout_s: float = 10.0,
+        commit_linger_s: float = 0.02,
     ) -> None:
+        if acks not in ("wal", "store"):
+            raise ValueError(f"acks must be 'wal' or 'store', not {acks!r}")
         self.log = EventLog(log_uri, StorageSettings.model_validate(settings or {}))
         folder = Path(wal_dir).expanduser() if wal_dir else default_wal_dir(log_uri)
         self.wal = WriteAheadLog(folder / "events.wal")
@@ -63,10 +84,16 @@ class EventWriter:
         self.flush_interval_s = flush_interval_s
         self.max_buffer = max_buffer
         self.max_buffered = max_buffered
+        self.acks, self.ack_timeout_s, self.commit_linger_s = acks, ack_timeout_s, commit_linger_s
         self._lock = threading.Lock()
+        self._durable = threading.Condition(self._lock)  # a segment was written
+        self._wake = threading.Event()  # an append waits on a segment: flush now
         self._flush_lock = threading.Lock()
         self._buffer = self.wal.recover()  # events acknowledged before a crash
         self.recovered = len(self._buffer)
+        # Events appended and events in segments, counted alike: ``_flushed >= n`` says the
+        # n-th event appended (since start, recovered ones first) is in object storage.
+        self._appended, self._flushed = self.recovered, 0
         self.segments_written = 0
         self.events_written = 0
         self.shed = 0
@@ -89,10 +116,23 @@ class EventWriter:
                 )
             self.wal.append(parsed)
             self._buffer.extend(parsed)
+            self._appended += len(parsed)
+            mine = self._appended
             full = len(self._buffer) >= self.max_buffer
-        if full:
+        if self.acks == "store":
+            self._wait_durable(mine)
+        elif full:
             self._try_flush()  # acknowledged already: a failure here is the thread's to retry
         return len(parsed)
+
+    def _wait_durable(self, upto: int) -> None:
+        self._wake.set()
+        with self._durable:
+            if not self._durable.wait_for(lambda: self._flushed >= upto, self.ack_timeout_s):
+                raise NotDurable(
+                    f"events not in object storage after {self.ack_timeout_s:.0f} s "
+                    "(kept in the write-ahead log; a retry may log them twice)"
+                )
 
     def _try_flush(self) -> None:
         try:
@@ -119,6 +159,8 @@ class EventWriter:
                 raise
             with self._lock:
                 self.wal.truncate(self._buffer)
+                self._flushed += len(pending)
+                self._durable.notify_all()
             self.segments_written += 1
             self.events_written += len(pending)
             return len(pending)
@@ -139,10 +181,14 @@ class EventWriter:
     def close(self) -> int:
         """Flush and stop the background thread (call before shutting down)."""
         self._stop.set()
+        self._wake.set()
         return self.flush()
 
     def _flush_loop(self) -> None:
-        while not self._stop.wait(self.flush_interval_s):
+        while not self._stop.is_set():
+            if self._wake.wait(self.flush_interval_s):
+                self._wake.clear()
+                time.sleep(self.commit_linger_s)  # let concurrent appends join the segment
             self._try_flush()  # storage hiccup: keep the buffer, try again next tick
 
     def _redact(self, event: ServedOutput | Feedback) -> ServedOutput | Feedback:
@@ -197,7 +243,7 @@ def start_event_writer(
         lifetime="detached",
         max_restarts=-1,
         max_task_retries=-1,
-        max_concurrency=16,
+        max_concurrency=64,  # appends with acks="store" wait for their segment
         num_cpus=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(_head_node_id(), soft=True),
     )

@@ -164,3 +164,9 @@ class ServeConfig(StrictModel):
         description="Local folder of the writer's write-ahead log (~ expanded); None: one per "
         "event log under ~/.local/state/flywheel/wal. A disk that outlives a reboot.",
     )
+    event_acks: Literal["wal", "store"] = Field(
+        "wal",
+        description="When an event counts as logged (feedback's 200): 'wal', in the local "
+        "write-ahead log (lost with the node's disk if not flushed yet, ~1 s); 'store', in a "
+        "segment in object storage (survives losing the node; a segment write of latency).",
+    )

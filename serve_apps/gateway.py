@@ -54,7 +54,10 @@ class Gateway:
         self.registry = ModelRegistry(self.cfg.registry_uri, self.cfg.storage)
         self.decoder = RequestDecoder(self.cfg, self.registry)
         writer = start_event_writer(
-            self.cfg.event_log_uri, self.cfg.storage, wal_dir=self.cfg.event_wal_dir
+            self.cfg.event_log_uri,
+            self.cfg.storage,
+            wal_dir=self.cfg.event_wal_dir,
+            acks=self.cfg.event_acks,
         )
         self.telemetry = GatewayTelemetry(writer)
 
@@ -121,7 +124,7 @@ class Gateway:
         try:
             await self.telemetry.feedback(event)
         except (WriterFull, WalError) as e:
-            # Nothing of it was kept: the client's retry makes no second event.
+            # Not acknowledged: a retry makes no second rating (one per response counts).
             raise ApiError.unavailable(
                 f"feedback not recorded, retry: {e}", WriterFull.retry_after_s
             ) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -193,4 +194,31 @@ def test_writer_through_an_outage_loses_and_repeats_nothing(tmp_path: Path, monk
     found = [e.response_id for _, e in EventLog(log_uri).read()]
     assert sorted(found) == sorted(acknowledged), "every acknowledged event, none twice"
     assert not set(shed) & set(found)
+    writer.close()
+
+
+def test_with_acks_store_an_acknowledged_event_is_in_object_storage(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """``acks="store"``: an append returns once its events are in a segment, so losing the
+    node's disk (the write-ahead log with it) loses nothing acknowledged."""
+    from actors.event_writer import EventWriter, NotDurable
+
+    log_uri, wal = str(tmp_path / "log"), str(tmp_path / "wal")
+    # No background flush for an hour: only the appends' group commits write segments.
+    writer = EventWriter(log_uri, None, wal, flush_interval_s=3600, acks="store",
+                         ack_timeout_s=2, commit_linger_s=0.05)  # fmt: skip
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: writer.append([served(i).model_dump(mode="json")]), range(16)))
+    found = sorted(e.response_id for _, e in EventLog(log_uri).read())
+    assert found == sorted(f"r{i}" for i in range(16))
+    assert writer.stats()["segments_written"] < 16, "concurrent appends share a segment"
+    outage = Outage(monkeypatch)
+    event = served(99).model_dump(mode="json")
+    with pytest.raises(NotDurable, match="not in object storage"):
+        writer.append([event])
+    outage.up()
+    writer.append([event])  # the client's retry
+    copies = {e.event_id for _, e in EventLog(log_uri).read() if e.response_id == "r99"}
+    assert len(copies) == 1, "a retry may log it twice, always with the same event id"
     writer.close()

@@ -434,7 +434,9 @@ def test_rayservice_event_wal_is_on_the_head_s_volume_and_drained_before_it_goes
     container = head["containers"][0]
     environ = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
-    wal = ServeConfig.model_validate(expand_vars(app["args"], environ)).event_wal_dir
+    cfg = ServeConfig.model_validate(expand_vars(app["args"], environ))
+    wal = cfg.event_wal_dir
+    assert cfg.event_acks == "store", "the emptyDir goes with the pod: ack once in storage"
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert wal in mounts, (wal, mounts)
     assert mounts[wal] in {v["name"] for v in head["volumes"]}
