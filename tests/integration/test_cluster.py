@@ -31,7 +31,9 @@ import psutil
 import pytest
 import yaml
 
+from core import storage
 from core.data.snapshots import list_snapshots
+from core.loop.statelog import read_state
 from core.registry import ModelRegistry
 from demo.corpus import generate_corpus
 from jobs.runtime import free_port
@@ -450,7 +452,7 @@ def test_loop_controller_runs_its_job_on_the_cluster(cluster: RayCluster, traine
         timeout=JOB_TIMEOUT_S,
     )
     assert proc.returncode == 0, f"controller failed:\n{(proc.stdout + proc.stderr)[-4000:]}"
-    (cycle,) = json.loads(state.read_text())["history"]
+    (cycle,) = read_state(storage.resolve(str(state.parent / "states")))["history"]
     job_id = cycle["eval_job"]
     info = cluster.job(job_id)
     assert info["status"] == "SUCCEEDED", f"{job_id}: {info}\n{cluster.job_logs(job_id)[-3000:]}"
