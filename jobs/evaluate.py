@@ -8,9 +8,11 @@ never trained on): how many corrected questions it now answers as users said (gr
 answers, :func:`core.loop.answers.answer_matches` on what the correction adds to the
 question), how many answers users accepted it still gives (facts nobody corrected), and the
 mean loss of the corrections' answer tokens. On the corpus: the mean loss of held-out blocks
-(what must not regress). Optionally generation accuracy on question/answer pairs. The gate
-(``core.loop.policy.gate``) decides; the report goes to the candidate's evaluation reports
-in the registry and to ``--result``.
+(what must not regress). Optionally generation accuracy on question/answer pairs. The
+governance checks: the hallucination rate (``core.governance.hallucination``) and bias
+probes (``core.governance.bias``). The gate (``core.loop.policy.gate``) decides; the report
+goes to the candidate's evaluation reports in the registry and to ``--result``. Without a
+``production`` version the candidate is scored alone and the report's gate is None.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from core import storage
 from core.config import load_config
 from core.data.feedback import open_training_data, read_rows
 from core.data.snapshots import resolve_snapshot, shard_locations
-from core.generation.decoder import BatchDecoder
+from core.generation.greedy import chat_prompt_ids, greedy_answers
 from core.generation.loading import LoadedModel, load_version
-from core.generation.sampling import SamplingParams
+from core.governance.bias import bias_scores
+from core.governance.hallucination import Checkable, hallucination_scores
 from core.loop.answers import answer_matches, expected_answer
 from core.loop.policy import gate
 from core.objectives import completion_logps
@@ -82,22 +85,6 @@ def mean_loss(
     return total / max(1, count)
 
 
-def greedy_answers(loaded: LoadedModel, prompts: list[list[int]], max_new: int) -> list[str]:
-    """Greedy completions of token-id prompts, 16 at a time."""
-    answers: list[str] = []
-    for i in range(0, len(prompts), 16):
-        ids = prompts[i : i + 16]
-        decoder = BatchDecoder(
-            loaded, ids, [SamplingParams(max_tokens=max_new, temperature=0)] * len(ids)
-        )
-        texts = [""] * len(ids)
-        while not decoder.done:
-            for j, out in enumerate(decoder.step()):
-                texts[j] += out.text
-        answers.extend(texts)
-    return answers
-
-
 def feedback_scores(
     loaded: LoadedModel, rows: dict[str, list[dict]], max_new: int, pad_id: int
 ) -> dict[str, Any]:
@@ -142,14 +129,7 @@ def _completion_loss(loaded: LoadedModel, rows: list[dict], pad_id: int) -> floa
 def qa_accuracy(loaded: LoadedModel, items: list[dict[str, str]], max_new: int) -> dict:
     """Greedy answers to each question; correct when the expected answer appears in it
     (:func:`core.loop.answers.answer_matches`, the rule the demo scores by too)."""
-    tok = loaded.tokenizer
-    prompts = [
-        tok.apply_chat_template(
-            [{"role": "user", "content": q["question"]}], add_generation_prompt=True, tokenize=False
-        )
-        for q in items
-    ]
-    ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+    ids = chat_prompt_ids(loaded, [q["question"] for q in items])
     answers = greedy_answers(loaded, ids, max_new)
     correct = [answer_matches(q["answer"], a) for q, a in zip(items, answers, strict=True)]
     return {
@@ -174,7 +154,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "feedback_blocks": len(feedback),
         "heldout_blocks": len(heldout),
     }
-    for role, ref in (("candidate", cfg.candidate), ("production", cfg.production)):
+    roles = [("candidate", cfg.candidate)]
+    if cfg.production:  # standalone: the candidate's scores alone, no gate to pass
+        roles.append(("production", cfg.production))
+    for role, ref in roles:
         loaded = load_version(registry, ref, torch.float32)
         scores = feedback_scores(loaded, rows, cfg.max_new_tokens, pad_id) if rows else {}
         if feedback:  # a packed (corpus-format) feedback snapshot: the loss alone
@@ -186,10 +169,27 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         }
         if qa:
             report[role]["qa"] = qa_accuracy(loaded, qa, cfg.max_new_tokens)
+        report[role]["hallucination"] = hallucination_scores(loaded, checkable(loaded, rows, qa))
+        report[role]["bias"] = bias_scores(loaded)
         del loaded
-    decision = gate(report, cfg.gate)
-    report["gate"] = {"passed": decision.trigger, "reason": decision.reason}
+    report["gate"] = None
+    if cfg.production:
+        decision = gate(report, cfg.gate)
+        report["gate"] = {"passed": decision.trigger, "reason": decision.reason}
     return report
+
+
+def checkable(
+    loaded: LoadedModel, rows: dict[str, list[dict]], qa: list[dict[str, str]]
+) -> list[Checkable]:
+    """The questions with a known answer: QA items, then held-back corrections."""
+    asked = chat_prompt_ids(loaded, [q["question"] for q in qa]) if qa else []
+    out = [Checkable(q["question"], ids, q["answer"]) for q, ids in zip(qa, asked, strict=True)]
+    out += [
+        Checkable(r["prompt"], r["prompt_ids"], expected_answer(r["prompt"], r["completion"]))
+        for r in rows.get("sft", [])
+    ]
+    return out
 
 
 def _feedback(cfg: EvalConfig) -> tuple[dict[str, list[dict]], int, list]:
@@ -223,7 +223,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         storage.write_json(storage.resolve(args.result, cfg.storage), report)
     print(
         json.dumps(
-            {k: report[k] for k in ("candidate", "production", "gate")}, indent=2, default=str
+            {k: report.get(k) for k in ("candidate", "production", "gate")},
+            indent=2,
+            default=str,
         )
     )
 

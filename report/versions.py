@@ -122,13 +122,13 @@ def _score(scores: dict[str, Any], metric: str) -> float | None:
 def _decision_note(cycle: dict[str, Any]) -> tuple[str, str]:
     decision = cycle["decision"].get("decision")
     if decision is None:
-        passed = cycle["eval"].get("gate", {}).get("passed")
+        passed = (cycle["eval"].get("gate") or {}).get("passed")  # None: standalone
         decision = "gate passed" if passed else "gate failed" if passed is False else "pending"
     return decision, DECISION_COLORS.get(decision, "#555")
 
 
 def _eval_row(c: dict[str, Any]) -> list[Any]:
-    gate = c["eval"].get("gate", {})
+    gate = c["eval"].get("gate") or {}  # a standalone evaluation has no gate
     return [
         c["ref"],
         c["eval"].get("production", {}).get("version"),

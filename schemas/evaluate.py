@@ -18,7 +18,10 @@ class EvalConfig(StrictModel):
     registry_uri: str
     storage: StorageSettings = Field(default_factory=StorageSettings)
     candidate: str = Field(description="Version under test ('name:4').")
-    production: str = Field(description="Version it must beat ('name:3').")
+    production: str | None = Field(
+        None,
+        description="Version it must beat ('name:3'); unset: score the candidate alone, no gate.",
+    )
     feedback_snapshot_uri: str = Field(description="What users corrected (a snapshot).")
     heldout_snapshot_uri: str = Field(description="What must not regress (a snapshot).")
     max_heldout_blocks: int = Field(64, ge=1)

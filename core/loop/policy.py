@@ -81,8 +81,10 @@ class RetrainPolicy:
 def gate(report: dict[str, Any], cfg: GateSettings | None = None) -> Decision:
     """Pass when the candidate's loss on held-back feedback dropped by the margin, it answers
     held-back corrections right more often than production (by ``min_accuracy_gain``), still
-    gives the answers users accepted (at most ``max_accepted_drop`` fewer), and its corpus
-    loss is within the tolerance."""
+    gives the answers users accepted (at most ``max_accepted_drop`` fewer), its corpus
+    loss is within the tolerance, and against its parent neither a bias category's spread
+    (``max_bias_increase``) nor the hallucination rate (``max_hallucination_increase``) rose
+    past its limit. A check whose scores a report lacks (an older report) is skipped."""
     cfg = cfg or GateSettings()
     cand, prod = report["candidate"], report["production"]
     if "feedback_loss" not in cand or "feedback_loss" not in prod:
@@ -122,7 +124,38 @@ def gate(report: dict[str, Any], cfg: GateSettings | None = None) -> Decision:
         return Decision(
             False, f"held-out loss worse by {regress:.1%} > tolerance {cfg.tolerance:.0%}"
         )
-    return Decision(True, ", ".join([*said, f"held-out loss {regress:+.1%}"]))
+    said.append(f"held-out loss {regress:+.1%}")
+    failed = _bias_failure(cand, prod, cfg) or _hallucination_failure(cand, prod, cfg)
+    return Decision(False, failed) if failed else Decision(True, ", ".join(said))
+
+
+def _bias_failure(cand: dict[str, Any], prod: dict[str, Any], cfg: GateSettings) -> str | None:
+    """Why the bias probes fail the candidate against its parent (None: they pass, or an
+    older report without them)."""
+    if "bias" not in cand or "bias" not in prod:
+        return None
+    parent = prod["bias"]["categories"]
+    for cat, scores in cand["bias"]["categories"].items():
+        if cat not in parent:
+            continue
+        c, p = scores["spread"], parent[cat]["spread"]
+        if c - p > cfg.max_bias_increase:
+            return (f"bias: {cat} probes' likelihood spread {c:.2f} nats vs parent "
+                    f"{p:.2f}: rise > {cfg.max_bias_increase}")  # fmt: skip
+    return None
+
+
+def _hallucination_failure(
+    cand: dict[str, Any], prod: dict[str, Any], cfg: GateSettings
+) -> str | None:
+    """Why the hallucination rate fails the candidate against its parent (None: it passes,
+    or an older report without it)."""
+    c = (cand.get("hallucination") or {}).get("rate")
+    p = (prod.get("hallucination") or {}).get("rate")
+    if c is None or p is None or c - p <= cfg.max_hallucination_increase:
+        return None
+    return (f"hallucination: rate {c:.0%} vs parent {p:.0%}: rise > "
+            f"{cfg.max_hallucination_increase:.0%}")  # fmt: skip
 
 
 def judge_canary(
