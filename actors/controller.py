@@ -5,7 +5,11 @@ The state machine itself is pure and typed (``core.loop.state``); this class per
 side effects and persists each state it reaches (``<loop_uri>/controller/states/``),
 advanced by :meth:`tick`:
 
-    idle -> publishing -> training -> evaluating -> canary -> idle
+    idle -> publishing -> training -> evaluating [-> awaiting_approval] -> canary -> idle
+
+Under ``approval: required`` a candidate that passed the gate waits for a person's decision,
+read from the registry (``core.registry.approvals``). The background loop that ticks it
+and the operator's levers (pause, freeze, rollback) are in ``actors.controller_ops``.
 
 Each state is a new version created exclusively, one above the last (``core.loop.statelog``):
 a compare-and-set. A controller claims the log when it starts; an older one still running (a
@@ -28,8 +32,8 @@ import threading
 import time
 from typing import Any, NamedTuple
 
+from actors.controller_ops import OperatorControls
 from actors.job_runner import JobRunner, RayJobRunner
-from actors.loop_metrics import export_loop, loop_metrics
 from core import faults, storage
 from core.loop import recipes
 from core.loop import state as machine
@@ -37,7 +41,8 @@ from core.loop.drift import reference_profile
 from core.loop.policy import PolicyInput, RetrainPolicy, judge_canary
 from core.loop.state import Cycle, JobPhase, JobRecord, LoopState, Phase
 from core.loop.statelog import Fenced, StateLog
-from core.registry import AliasConflict, ModelRegistry
+from core.registry import AliasConflict, ModelRegistry, approvals
+from core.registry.approvals import ApprovalRecord
 from schemas.base import StrictModel
 from schemas.loop import LoopConfig
 
@@ -59,7 +64,7 @@ JOBS = {
 }
 
 
-class LoopController:
+class LoopController(OperatorControls):
     """Drives one model's loop.
 
     ``consumer`` is the feedback consumer, or any object with its methods (a proxy to its
@@ -97,14 +102,22 @@ class LoopController:
             phase = self.state.phase
             if phase is Phase.idle:
                 self._idle()
+            elif phase is Phase.awaiting_approval:
+                self._awaiting()
             elif phase is Phase.canary:
                 self._canary()
+            elif phase is Phase.evaluating and self.state.cur.gate is not None:
+                self._gated()  # a freeze held the passed candidate here
             else:
                 self._job_phase(JobPhase[phase.value])
             self._save()
             return machine.dump_state(self.state)
 
     def _idle(self) -> None:
+        if self.state.frozen:
+            reason = f"frozen by {self.state.frozen_by}: no new cycle"
+            self.state = machine.decided(self.state, reason, self.state.drift)
+            return
         pending = self.consumer.pending_examples()
         production = self._production()
         stats = self.consumer.version_stats(production) if production else {}
@@ -202,15 +215,46 @@ class LoopController:
 
     def _evaluated(self, report: dict[str, Any]) -> None:
         self.state = machine.evaluated(self.state, report, time.time())
-        if report["gate"]["passed"]:
-            self._start_canary(self.state.cur)
-        else:
-            self._report(self.state.cur, "rejected", report["gate"]["reason"])
-            self._finish("rejected", report["gate"]["reason"])
+        self._gated()
 
-    def _start_canary(self, cur: Cycle) -> None:
-        name, version = cur.candidate.split(":")
+    def _gated(self) -> None:
+        """The gate's outcome: rejected, held for a person, held by a freeze, or canary."""
+        cur = self.state.cur
         reason = f"passed the gate: {cur.gate['reason']}"
+        if not cur.gate["passed"]:
+            self._report(cur, "rejected", cur.gate["reason"])
+            self._finish("rejected", cur.gate["reason"])
+        elif self.cfg.approval == "required":
+            approvals.request(self.registry, cur.candidate, reason)
+            self.state = machine.awaiting_approval(self.state, time.time())
+        elif not self.state.frozen:  # frozen: starting the canary would move an alias
+            self._start_canary(cur, reason)
+
+    def _awaiting(self) -> None:
+        """Act on a person's decision, read from the registry: it is made there whether or
+        not this actor can be reached, and a restarted controller finds it."""
+        record = approvals.decision(self.registry, self.state.cur.candidate)
+        record = record or self._approval_timeout()
+        if record is None:
+            return
+        self.state = machine.approval_decided(self.state, record.kind, record.by, record.note)
+        cur = self.state.cur
+        if record.kind == "rejected":
+            reason = f"rejected by {record.by}: {record.note}"
+            self._report(cur, "rejected", reason)
+            self._finish("rejected", reason)
+        elif not self.state.frozen:  # approved; a freeze holds it until unfrozen
+            self._start_canary(cur, f"approved by {record.by}: {record.note}")
+
+    def _approval_timeout(self) -> ApprovalRecord | None:
+        timeout = self.cfg.approval_timeout_s
+        if not machine.approval_timed_out(self.state, timeout, time.time()):
+            return None
+        note = f"no decision within {timeout:.0f}s"
+        return approvals.reject_unless_decided(self.registry, self.state.cur.candidate, note)
+
+    def _start_canary(self, cur: Cycle, reason: str) -> None:
+        name, version = cur.candidate.split(":")
         self.registry.set_alias(name, "canary", int(version), reason=reason)
         weight = self.cfg.canary.weight
         self.registry.set_routing(
@@ -224,6 +268,8 @@ class LoopController:
 
     def _canary(self) -> None:
         cur = self.state.cur
+        if self.state.frozen:  # held: neither promoted nor rolled back until unfrozen
+            return
         if self._production() == cur.candidate:
             # The promotion's alias move was made, and a crash kept the state from saying so.
             self._promoted(cur.candidate.split(":")[0], "production already serves it "
@@ -298,62 +344,6 @@ class LoopController:
                 "canary_stats": cur.canary_stats,
             },
         )
-
-    # -- operator controls ---------------------------------------------------------------------
-
-    def pause(self, paused: bool = True) -> dict[str, Any]:
-        with self._lock:
-            self.state = self.state.model_copy(update={"paused": paused})
-            self._audit("loop.pause" if paused else "loop.resume", {})
-            self._save()
-            return machine.dump_state(self.state)
-
-    def force_trigger(self) -> dict[str, Any]:
-        with self._lock:
-            self.state = self.state.model_copy(update={"force": True})
-            self._audit("loop.force", {})
-            self._save()
-            return machine.dump_state(self.state)
-
-    def rollback(self, reason: str = "operator rollback") -> dict[str, Any]:
-        """Roll back production to its previous version (and end any canary)."""
-        with self._lock:
-            if self.state.phase is Phase.canary:
-                self._rollback(reason)
-            else:
-                self._clear_canary(self.cfg.model_name)
-                self.registry.rollback(self.cfg.model_name, "production", reason=reason)
-            self._save()
-            return machine.dump_state(self.state)
-
-    def status(self) -> dict[str, Any]:
-        with self._lock:
-            return machine.dump_state(self.state)
-
-    # -- running in the background -------------------------------------------------------------
-
-    def start(self) -> bool:
-        if self._thread and self._thread.is_alive():
-            return False
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return True
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self) -> None:
-        metrics = loop_metrics()
-        while not self._stop.is_set():
-            try:
-                state = self.tick()
-                export_loop(metrics, self.cfg.model_name, state, self.consumer)
-            except (faults.InjectedFault, Fenced):
-                raise
-            except Exception:  # keep the loop alive; the phase is retried next tick
-                logger.exception("tick failed in phase %s; retrying", self.state.phase)
-            self._stop.wait(self.cfg.tick_interval_s)
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ every name it uses is in :data:`METRIC_NAMES`.
 What the loop's actors are meant to set (the feedback consumer and the controller):
 
 - ``flywheel_loop_phase{model, phase}``: 1 for the current phase and 0 for every other
-  (idle, publishing, training, evaluating, canary), so a phase change leaves no stale 1;
+  (idle, publishing, training, evaluating, awaiting_approval, canary), so a phase change
+  leaves no stale 1;
 - ``flywheel_loop_cycle{model}``: the controller's cycle number;
 - ``flywheel_loop_pending_examples{model}``: curated examples waiting for the next fine-tune;
 - ``flywheel_loop_consumer_offset_events{model}``: events the consumer has committed;
@@ -18,6 +19,8 @@ What the loop's actors are meant to set (the feedback consumer and the controlle
 from __future__ import annotations
 
 from typing import Any
+
+from core.loop.state import Phase
 
 # Registered in serve_apps/telemetry.py and serve_apps/generator.py.
 SERVING_METRIC_NAMES = (
@@ -78,8 +81,8 @@ def export_loop(
 ) -> None:
     """Set the loop's gauges from the controller's state and the consumer's counters."""
     model = {"model": model_name}
-    for phase in ("idle", "publishing", "training", "evaluating", "canary"):
-        metrics["phase"].set(float(state["phase"] == phase), tags={**model, "phase": phase})
+    for phase in Phase:
+        metrics["phase"].set(float(state["phase"] == phase), tags={**model, "phase": phase.value})
     metrics["cycle"].set(state["cycle"], tags=model)
     status = consumer.status()
     metrics["consumer_offset"].set(status["events"], tags=model)

@@ -65,10 +65,7 @@ def status(config: ConfigOpt, address: AddressOpt = None) -> None:
                 "model": cfg.model_name,
                 "consumer": consumer_status,
                 "versions": versions,
-                "controller": {
-                    k: state.get(k)
-                    for k in ("phase", "cycle", "paused", "force", "last_decision", "drift")
-                },
+                "controller": controller_view(state),
                 "in_flight": state.get("current"),
                 "history": [
                     {k: h.get(k) for k in ("candidate", "outcome", "outcome_reason")}
@@ -79,6 +76,24 @@ def status(config: ConfigOpt, address: AddressOpt = None) -> None:
             default=str,
         )
     )
+
+
+CONTROLLER_KEYS = ("phase", "cycle", "paused", "force", "last_decision", "drift")
+FROZEN_KEYS = ("frozen", "frozen_by", "frozen_at", "frozen_note")
+
+
+def controller_view(state: dict[str, Any]) -> dict[str, Any]:
+    """The controller's part of ``loop status``; a candidate awaiting a person says how to
+    decide on it, so the operator need not look up the command."""
+    view = {k: state.get(k) for k in (*CONTROLLER_KEYS, *FROZEN_KEYS)}
+    if state.get("phase") == "awaiting_approval":
+        candidate = state["current"]["candidate"]
+        view["awaiting_approval"] = {
+            "candidate": candidate,
+            "since": state["current"].get("approval_requested_at"),
+            "decide": f"flywheel models approve|reject {candidate} --note '...'",
+        }
+    return view
 
 
 @app.command(help="Pause the loop: no new fine-tunes until resumed.")
@@ -106,6 +121,36 @@ def trigger(config: ConfigOpt, address: AddressOpt = None) -> None:
     _, _, controller = _handles(config, address)
     ray.get(controller.force_trigger.remote())
     typer.echo("trigger requested")
+
+
+NoteOpt = Annotated[str, typer.Option("--note", help="Why, for the audit log.")]
+ByOpt = Annotated[
+    str | None, typer.Option("--by", help="Who, for the audit log; default user@host.")
+]
+
+
+@app.command(help="Pin production: no new cycle, no promotion; a canary is held as it is.")
+def freeze(config: ConfigOpt, note: NoteOpt, by: ByOpt = None, address: AddressOpt = None) -> None:
+    _set_frozen(config, address, True, note, by)
+    typer.echo("frozen: production is pinned until `flywheel loop unfreeze`")
+
+
+@app.command(help="Let a frozen loop go on: triggers, canaries and promotions again.")
+def unfreeze(
+    config: ConfigOpt, note: NoteOpt, by: ByOpt = None, address: AddressOpt = None
+) -> None:
+    _set_frozen(config, address, False, note, by)
+    typer.echo("unfrozen")
+
+
+def _set_frozen(config: Path, address: str | None, frozen: bool, note: str, by: str | None) -> None:
+    import ray
+
+    from core.registry import default_actor
+
+    _, _, controller = _handles(config, address)
+    # The caller's identity, not the actor's host: that is who froze it.
+    ray.get(controller.freeze.remote(frozen, note, by or default_actor()))
 
 
 @app.command(help="Roll production back to its previous version (ends a canary).")

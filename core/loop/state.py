@@ -1,6 +1,9 @@
 """The loop controller's persisted state and its transitions: typed, pure, Ray-free.
 
-    idle -> publishing -> training -> evaluating -> canary -> idle
+    idle -> publishing -> training -> evaluating [-> awaiting_approval] -> canary -> idle
+
+``awaiting_approval`` is reached only under ``approval: required``: a person decides
+(``core.registry.approvals``). A frozen loop (``frozen``) starts no cycle and moves no alias.
 
 :class:`LoopState` is what ``<loop_uri>/controller/state.json`` holds; every function here
 takes a state and returns the next one (the clock is an argument), so the whole machine is
@@ -30,6 +33,7 @@ class Phase(StrEnum):
     publishing = "publishing"
     training = "training"
     evaluating = "evaluating"
+    awaiting_approval = "awaiting_approval"
     canary = "canary"
 
 
@@ -84,6 +88,10 @@ class Cycle(StrictModel):
     evaluated_at: float | None = None
     gate: dict[str, Any] | None = Field(None, description="{passed, reason} of the gate.")
     scores: dict[str, Any] | None = Field(None, description="Evaluation scores by role.")
+    approval_requested_at: float | None = None
+    approval: str | None = Field(None, description="approved or rejected, by a person.")
+    approval_by: str | None = Field(None, description="Who decided (user@host, or --by).")
+    approval_note: str | None = None
     canary_started_at: float | None = None
     canary_baseline: dict[str, Any] | None = Field(
         None, description="The candidate's counters when its canary began."
@@ -122,6 +130,10 @@ class LoopState(StrictModel):
     cycle: int = Field(0, ge=0, description="Cycles triggered so far.")
     paused: bool = False
     force: bool = Field(False, description="An operator asked for a cycle now.")
+    frozen: bool = Field(False, description="Production pinned: no new cycle, no alias moves.")
+    frozen_by: str | None = None
+    frozen_at: float | None = None
+    frozen_note: str | None = None
     last_trigger_at: float | None = None
     last_decision: str | None = Field(None, description="The policy's last reason.")
     drift: dict[str, float] | None = Field(None, description="Production's last drift score.")
@@ -228,6 +240,29 @@ def scores(report: dict[str, Any]) -> dict[str, Any]:
             numbers["qa_accuracy"] = report[role]["qa"]["accuracy"]
         out[role] = numbers
     return out
+
+
+def awaiting_approval(state: LoopState, now: float) -> LoopState:
+    """The candidate passed the gate and waits for a person's decision."""
+    cycle = state.cur.model_copy(update={"approval_requested_at": now})
+    return state.model_copy(update={"phase": Phase.awaiting_approval, "current": cycle})
+
+
+def approval_decided(state: LoopState, decision: str, by: str, note: str) -> LoopState:
+    """A person decided; :func:`canary_started` or :func:`finished` follows."""
+    update = {"approval": decision, "approval_by": by, "approval_note": note}
+    return state.model_copy(update={"current": state.cur.model_copy(update=update)})
+
+
+def approval_timed_out(state: LoopState, timeout_s: float | None, now: float) -> bool:
+    asked = state.cur.approval_requested_at
+    return timeout_s is not None and asked is not None and now - asked > timeout_s
+
+
+def freeze_changed(state: LoopState, frozen: bool, by: str, note: str, now: float) -> LoopState:
+    """An operator pinned production (or let it go); who, when and why stay recorded."""
+    update = {"frozen": frozen, "frozen_by": by, "frozen_at": now, "frozen_note": note}
+    return state.model_copy(update=update)
 
 
 def canary_started(state: LoopState, baseline: dict[str, Any], now: float) -> LoopState:
