@@ -56,7 +56,16 @@ class Graph:
     kind: ClassVar[str] = "graph"
 
 
-Block = Note | Plots | Table | Graph
+@dataclass
+class Details:
+    """A collapsed block: a summary line that opens onto preformatted text (a model card)."""
+
+    summary: str
+    text: str
+    kind: ClassVar[str] = "details"
+
+
+Block = Note | Plots | Table | Graph | Details
 
 
 @dataclass

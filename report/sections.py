@@ -1,12 +1,13 @@
 """The report's sections, each a list of blocks drawn from the sources, in page order.
 
 A section whose source is empty says so in a note instead of drawing an empty chart. Those
-on the registry live in ``report.versions``, those on the running loop in ``report.traffic``.
+on the registry live in ``report.versions``, those on the running loop in ``report.traffic``,
+approvals and model cards in ``report.governance``.
 """
 
 from __future__ import annotations
 
-from report import traffic, versions
+from report import governance, traffic, versions
 from report.blocks import Block, Graph, Note, Section
 from report.lineage import MAX_RAW_PER_SNAPSHOT, lineage_graph, lineage_svg
 from report.sources import Sources
@@ -17,6 +18,7 @@ def sections(src: Sources) -> list[Section]:
     return [
         Section("training", "Training", versions.training(src)),
         Section("evaluation", "Evaluation against the parent", versions.evaluation(src)),
+        Section("governance", "Governance", governance.governance(src)),
         Section("feedback", "Feedback over time", traffic.feedback(src)),
         Section("drift", "Drift and feedback per version", traffic.drift(src)),
         Section("serving", "Serving latency and throughput", traffic.serving(src)),

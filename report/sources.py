@@ -13,10 +13,10 @@ from typing import Any
 from core import storage
 from core.events import EventLog
 from core.loop.statelog import read_state
-from core.registry import ModelRegistry
+from core.registry import ModelRegistry, card
 from core.storage import StorageError
 from schemas.events import Feedback, ServedOutput
-from schemas.registry import ModelVersion
+from schemas.registry import AuditEntry, ModelVersion
 from schemas.storage import StorageSettings
 
 READ_ERRORS = (StorageError, OSError, ValueError)
@@ -35,6 +35,8 @@ class Sources:
     served: dict[str, ServedOutput] = field(default_factory=dict)
     feedback: list[Feedback] = field(default_factory=list)
     controller: dict[str, Any] | None = None
+    cards: dict[str, str] = field(default_factory=dict)
+    approvals: list[AuditEntry] = field(default_factory=list)
     consumer: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -79,6 +81,23 @@ def _read_registry(src: Sources, registry: ModelRegistry, model: str | None) -> 
         if v.ref not in walked:  # a newer version's walk already holds all its ancestors
             src.lineage[v.ref] = registry.lineage(v.ref)
             walked.update(n["id"] for n in src.lineage[v.ref] if n["kind"] == "version")
+    _read_governance(src, registry)
+
+
+def _read_governance(src: Sources, registry: ModelRegistry) -> None:
+    """Each version's model card (built, not stored, where none was: the report only reads)
+    and the approvals of the model's versions in the audit log."""
+    for v in src.versions:
+        try:
+            src.cards[v.ref] = card.read_card(registry, v) or card.build_card(registry, v.ref)
+        except READ_ERRORS as e:  # one card must not hide the rest of the registry
+            src.problems.append(f"Could not build the model card of {v.ref}: {e}")
+    prefix = f"{src.model}:"
+    src.approvals = [
+        e
+        for e in registry.audit.entries()
+        if e.action.startswith("approval.") and e.subject.startswith(prefix)
+    ]
 
 
 def _read_events(src: Sources, log: EventLog) -> None:

@@ -61,6 +61,11 @@ class FeedbackManifest(StrictModel):
     counts: FeedbackCounts
     files: list[FeedbackFile]
     parents: list[str] = Field(description="Every event id the examples came from.")
+    principals: int | None = Field(
+        None,
+        description="Distinct principals the examples came from (events without one count as "
+        "one, as in curation); None in snapshots published before it was recorded.",
+    )
     corpus_snapshot: str | None = Field(
         None, description="The corpus snapshot production learned from, for rehearsal."
     )

@@ -75,6 +75,7 @@ def write_feedback(
     quarantined: dict[str, int],
     corpus_snapshot: str | None = None,
     code_version: str = "unknown",
+    principals: int | None = None,
 ) -> tuple[Location, FeedbackManifest]:
     """Publish ``rows`` (kind -> rows with that kind's columns) under ``root/snapshots``."""
     sid = snapshot_id(rows, tokenizer.sha256)
@@ -105,6 +106,7 @@ def write_feedback(
         parents=sorted({i for part in rows.values() for r in part for i in r["event_ids"]}),
         corpus_snapshot=corpus_snapshot,
         code_version=code_version,
+        principals=principals,
     )
     storage.write_json(folder.join("manifest.json"), manifest.model_dump(mode="json"))
     return folder, manifest

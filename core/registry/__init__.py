@@ -1,7 +1,7 @@
 """The model registry: numbered versions with lineage (``versions``), the hash-chained audit
-log (``audit``), lineage walks below a version (``lineage``) and code provenance
-(``provenance``). The public names are re-exported here: ``from core.registry import
-ModelRegistry``."""
+log (``audit``), lineage walks below a version (``lineage``), code provenance
+(``provenance``) and model cards (``card``). The public names are re-exported here:
+``from core.registry import ModelRegistry``."""
 
 from core.registry.audit import AuditLog, entry_hash, now
 from core.registry.versions import (

@@ -6,6 +6,7 @@ Layout under the registry root (local folder or ``s3://``)::
     <name>/versions/000003/files/...         the HF model folder or LoRA adapter
     <name>/versions/000003/manifest.json     written last: the version exists from here on
     <name>/versions/000003/evals/0001.json   evaluation reports, appended later
+    <name>/versions/000003/card/README.md    its model card, rewritten as reports arrive
     <name>/aliases/production/00000007.json  the 7th move of the alias (create-exclusive)
     _audit/00000042.json                     audit entries, each chained to the previous
 
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from core import faults, storage
+from core.registry import card as model_card
 from core.registry.audit import AuditLog, now
 from core.registry.lineage import walk_snapshot
 from core.storage import Location
@@ -112,10 +114,22 @@ class ModelRegistry:
     def files_location(self, version: ModelVersion) -> Location:
         return self._version_dir(version.name, version.version).join("files")
 
+    def card_location(self, version: ModelVersion) -> Location:
+        return self._version_dir(version.name, version.version).join("card", "README.md")
+
+    def card(self, ref: str) -> str:
+        """The version's model card (``core.registry.card``), built and stored if missing."""
+        return model_card.read_card(self, self.get(ref)) or model_card.store_card(self, ref)
+
     def download(self, ref: str, dest: Path) -> Path:
-        """Copy a version's files into ``dest`` (a local folder); returns it."""
+        """Copy a version's files into ``dest`` (a local folder), with its model card as
+        ``README.md`` (which loaders ignore); returns it."""
         version = self.get(ref)
-        return storage.download_dir(self.files_location(version), dest)
+        folder = storage.download_dir(self.files_location(version), dest)
+        text = model_card.folder_card(self, version)
+        if text:  # a version whose card cannot be built still downloads: it is only a card
+            (folder / "README.md").write_text(text)
+        return folder
 
     # -- registering ---------------------------------------------------------------------------
 
@@ -165,6 +179,7 @@ class ModelRegistry:
             "register", version.ref, {"format": format, "base": base, "content_sha256": content}
         )
         storage.write_json(target.join("manifest.json"), version.model_dump(mode="json"))
+        model_card.refresh_card(self, version.ref)
         return version
 
     def _base_ref(self, base: str | None) -> str:
@@ -239,6 +254,8 @@ class ModelRegistry:
         if not storage.create_exclusive(loc, record.model_dump_json(indent=1).encode()):
             self.audit.append("alias.move.conflict", f"{name}@{alias}", {"seq": record.seq})
             raise AliasConflict(f"{name}@{alias} moved concurrently; look again")
+        for moved in sorted({version, current} - {None}):  # both cards list the move
+            model_card.refresh_card(self, f"{name}:{moved}")
         return record
 
     def rollback(self, name: str, alias: str, reason: str = "rollback") -> AliasRecord:
@@ -311,6 +328,7 @@ class ModelRegistry:
         self.audit.append(
             "eval.report", version.ref, {"report": n, "decision": report.get("decision")}
         )
+        model_card.refresh_card(self, version.ref)
         return n
 
     def eval_reports(self, ref: str) -> list[dict[str, Any]]:

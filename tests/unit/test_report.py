@@ -247,7 +247,8 @@ def html(store: dict[str, str]) -> str:
 
 
 def test_every_section_is_drawn(html: str) -> None:
-    for section in ("training", "evaluation", "feedback", "drift", "serving", "lineage"):
+    sections = ("training", "evaluation", "governance", "feedback", "drift", "serving")
+    for section in (*sections, "lineage"):
         assert f'<section id="{section}">' in html
     assert sorted(re.findall(r'data-plot="([^"]+)"', html)) == sorted(PLOTS)
     for name in PLOTS:
