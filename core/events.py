@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from core import storage
 from core.storage import Location
-from schemas.events import Feedback, ServedOutput, parse_event
+from schemas.events import Erased, Feedback, ServedOutput, parse_line
 from schemas.storage import StorageSettings
 
 SEGMENT_DIGITS = 10
@@ -57,20 +57,35 @@ class EventLog:
         return number
 
     def read_segment(self, number: int) -> list[ServedOutput | Feedback]:
+        return [e for e in self.read_lines(number) if not isinstance(e, Erased)]
+
+    def read_lines(self, number: int) -> list[ServedOutput | Feedback | Erased]:
+        """Every line of a segment, tombstones included: line ``i`` is offset ``i``."""
         raw = storage.read_bytes(self._segment(number))
-        return [parse_event(line) for line in raw.splitlines() if line.strip()]
+        return [parse_line(line) for line in raw.splitlines() if line.strip()]
+
+    def replace_segment(self, number: int, lines: list[ServedOutput | Feedback | Erased]) -> None:
+        """Rewrite a segment in place, atomically (``core.erasure`` only: tombstones, line
+        for line, so no offset moves)."""
+        if len(lines) != len(self.read_lines(number)):
+            raise ValueError(f"segment {number}: a rewrite must keep every line")
+        body = ("\n".join(e.model_dump_json() for e in lines) + "\n").encode()
+        storage.write_bytes(self._segment(number), body)
 
     def read(
         self, offset: Offset = Offset(), limit: int | None = None
     ) -> Iterator[tuple[Offset, ServedOutput | Feedback]]:
-        """Events from ``offset`` on, each with the offset just after it."""
+        """Events from ``offset`` on, each with the offset just after it; tombstones are
+        skipped but keep their line, so offsets are the same before and after an erasure."""
         count = 0
         for number in self.segment_numbers():
             if number < offset.segment:
                 continue
-            events = self.read_segment(number)
+            events = self.read_lines(number)
             start = offset.line if number == offset.segment else 0
             for i in range(start, len(events)):
+                if isinstance(events[i], Erased):
+                    continue
                 if limit is not None and count >= limit:
                     return
                 count += 1

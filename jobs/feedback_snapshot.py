@@ -33,6 +33,7 @@ from core.config import load_config
 from core.data.feedback import write_feedback
 from core.data.tokenization import TokenizerBundle, load_tokenizer, tokenizer_files
 from core.loop.answers import normalize_answer
+from core.loop.erasure import erased_event_ids, without_erased
 from core.registry import ModelRegistry
 from core.registry.provenance import code_version
 from jobs.runtime import config_args
@@ -65,6 +66,7 @@ def publish_feedback_snapshot(job: FeedbackSnapshotConfig) -> dict[str, Any]:
     """Publish the job's examples as a train and an eval snapshot; returns their ids, uris
     and counts, and ``upto`` / ``ratings_upto`` (the consumer candidates they cover)."""
     cfg = job.loop
+    job = without_erased(job, erased_event_ids(cfg))  # erased since the job was frozen
     if not job.examples and not job.rated:
         raise ValueError("nothing to publish: no curated corrections and no rated answers")
     root = storage.resolve(cfg.loop_uri, cfg.storage).join("feedback")
@@ -107,6 +109,10 @@ def publish_feedback_snapshot(job: FeedbackSnapshotConfig) -> dict[str, Any]:
             dict(quarantined),
             job.production_snapshot,
             code_version(),
+            # Examples naming no principal count as one shared principal, as curation does.
+            len(
+                {u for x in (*job.examples, *job.rated) if keep(x.prompt) for u in x.users or [""]}
+            ),
         )
         out[f"{role}_snapshot_id"], out[f"{role}_uri"] = manifest.snapshot_id, loc.uri
         out[f"{role}_counts"] = manifest.counts.model_dump(exclude={"quarantined"})

@@ -77,9 +77,27 @@ class Feedback(StrictModel):
     created_at: str = Field(default_factory=utc_now)
 
 
+class Erased(StrictModel):
+    """A tombstone where an event was (``core.erasure``): erased for its user, or past the
+    retention window. It keeps the event's line, so offsets never move, and its id; nothing
+    else of it. Readers of the log skip it."""
+
+    schema_version: Literal[1] = 1
+    type: Literal["erased"] = "erased"
+    event_id: str
+    erasure: str = Field(description="The ledger record or retention run that erased it.")
+
+
 Event = Annotated[ServedOutput | Feedback, Field(discriminator="type")]
 EVENT_ADAPTER: TypeAdapter[ServedOutput | Feedback] = TypeAdapter(Event)
+Line = Annotated[ServedOutput | Feedback | Erased, Field(discriminator="type")]
+LINE_ADAPTER: TypeAdapter[ServedOutput | Feedback | Erased] = TypeAdapter(Line)
 
 
 def parse_event(raw: str | bytes) -> ServedOutput | Feedback:
     return EVENT_ADAPTER.validate_json(raw)
+
+
+def parse_line(raw: str | bytes) -> ServedOutput | Feedback | Erased:
+    """A segment's line: an event or the tombstone of one."""
+    return LINE_ADAPTER.validate_json(raw)
