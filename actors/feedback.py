@@ -26,9 +26,12 @@ from datetime import datetime
 from typing import Any
 
 from core import faults, storage
+from core.erasure import ErasureLedger
 from core.events import EventLog, Offset
+from core.governance.hallucination import live_signal, rated_answers
 from core.loop.curation import Candidate, Rating, curate, curate_ratings
 from core.loop.drift import WordProfile, drift_score
+from core.loop.erasure import ledger_filter, scrub_consumer_state
 from core.loop.feedback_state import (
     ConsumerState,
     CorrectionCandidate,
@@ -57,6 +60,7 @@ class FeedbackConsumer:
         self.log = EventLog(self.cfg.event_log_uri, self.cfg.storage)
         self.root = storage.resolve(self.cfg.loop_uri, self.cfg.storage).join("consumer")
         self.state = self._load()
+        self.erasures, self._erasures_seen = ErasureLedger(self.log), 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -68,6 +72,7 @@ class FeedbackConsumer:
     def step(self, max_events: int = 500) -> int:
         """Process up to ``max_events`` from the committed offset, then commit."""
         with self._lock:
+            self._forget_erased()
             offset = Offset(**self.state.offset)
             n = 0
             for after, event in self.log.read(offset, limit=max_events):
@@ -226,6 +231,15 @@ class FeedbackConsumer:
         }
         s.rated = {k: r for k, r in s.rated.items() if r.at >= horizon}
 
+    def _forget_erased(self) -> None:
+        """Forget what erasures recorded since the last poll name (``flywheel data erase``
+        scrubs state.json too, but this process would write its own memory back over it)."""
+        records = self.erasures.records(after=self._erasures_seen)
+        if records:
+            self._erasures_seen += len(records)
+            if scrub_consumer_state(self.state, *ledger_filter(records)):
+                self._commit()
+
     def _commit(self) -> None:
         storage.write_json(self.root.join("state.json"), self.state.model_dump(mode="json"))
 
@@ -244,6 +258,13 @@ class FeedbackConsumer:
         stats["window_acceptance"] = sum(a for _, a in recent) / len(recent) if recent else None
         stats["mean_rating"] = stats["rating_sum"] / stats["rated"] if stats.get("rated") else None
         return stats
+
+    def hallucination_signal(self, version: str) -> dict[str, Any] | None:
+        """``core.governance.hallucination.live_signal`` over the version's answers rated since
+        the last feedback snapshot: the share that hedged, the confident ones users corrected.
+        Only rated answers count, and users correct only what they notice."""
+        with self._lock:
+            return live_signal(rated_answers(self.state)).get(version)
 
     def pending_examples(self) -> dict[str, Any]:
         """Curated examples (corrections), rated answers and the quarantined items among

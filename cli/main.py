@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from cli.data import app as data_app
 from cli.loop import app as loop_app
 from cli.models import app as models_app
 from cli.report import report
@@ -28,8 +29,11 @@ COMMANDS = {
     "models show": "One version as JSON: NAME[:VERSION|@ALIAS] (latest when bare).",
     "models promote": "Point an alias (default production) at a version: NAME:VERSION.",
     "models rollback": "Move an alias back to where it pointed before its last move: NAME.",
+    "models approve": "Approve the loop's candidate awaiting approval: NAME:VERSION.",
+    "models reject": "Reject the loop's candidate awaiting approval: NAME:VERSION.",
     "models lineage": "Where a version came from, back to the raw inputs.",
     "models audit": "The audit log; --verify checks its hash chain.",
+    "models card": "A version's Hugging Face model card (README.md): NAME[:VERSION|@ALIAS].",
     "serve": "Serve the OpenAI-compatible gateway and generator locally (a Serve config).",
     "events": "The event log.",
     "events tail": "Show events as they arrive.",
@@ -41,7 +45,12 @@ COMMANDS = {
     "loop resume": "Resume a paused loop.",
     "loop trigger": "Force a fine-tune on the next tick (cooldown and thresholds ignored).",
     "loop rollback": "Roll production back to its previous version (ends a canary).",
+    "loop freeze": "Pin production: no new cycle, no promotion; a canary is held as it is.",
+    "loop unfreeze": "Let a frozen loop go on: triggers, canaries and promotions again.",
     "loop stop": "Stop and remove the loop's actors (state stays in storage).",
+    "data": "Governance: erase a user's data, apply retention.",
+    "data erase": "Erase a user's events, feedback rows and loop state; list versions to retrain.",
+    "data compact": "Compact events past the retention window into tombstones (offsets kept).",
     "report": (
         "Write a self-contained HTML report: training, evaluation, feedback, drift, "
         "serving, lineage."
@@ -100,6 +109,7 @@ def train(config: ConfigOpt, set_: SetOpt = None, address: AddressOpt = None) ->
 app.add_typer(models_app, name="models", help=COMMANDS["models"])
 app.add_typer(events_app, name="events", help=COMMANDS["events"])
 app.add_typer(loop_app, name="loop", help=COMMANDS["loop"])
+app.add_typer(data_app, name="data", help=COMMANDS["data"])
 app.command(help=COMMANDS["report"])(report)
 
 

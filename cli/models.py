@@ -99,6 +99,37 @@ def rollback(
     typer.echo(f"{name}@{alias}: {record.previous} -> {record.version}")
 
 
+NoteOpt = Annotated[str, typer.Option("--note", help="Why, for the audit log and the loop.")]
+ByOpt = Annotated[
+    str | None, typer.Option("--by", help="Who decides, for the audit log; default user@host.")
+]
+
+
+@app.command(help="Approve the loop's candidate awaiting approval: NAME:VERSION.")
+def approve(
+    ref: str, note: NoteOpt, by: ByOpt = None, registry: RegistryOpt = DEFAULT_REGISTRY
+) -> None:
+    _decide(ref, True, note, by, registry)
+
+
+@app.command(help="Reject the loop's candidate awaiting approval: NAME:VERSION.")
+def reject(
+    ref: str, note: NoteOpt, by: ByOpt = None, registry: RegistryOpt = DEFAULT_REGISTRY
+) -> None:
+    _decide(ref, False, note, by, registry)
+
+
+def _decide(ref: str, approved: bool, note: str, by: str | None, registry: str) -> None:
+    from core.registry import approvals
+
+    reg = open_registry(registry)
+    try:
+        record = approvals.decide(reg, ref, approved, note, by)
+    except RegistryError as e:
+        raise _fail(e) from None
+    typer.echo(f"{record.ref} {record.kind} by {record.by}; the loop acts on its next tick")
+
+
 @app.command(help="Where a version came from, back to the raw inputs.")
 def lineage(ref: str, registry: RegistryOpt = DEFAULT_REGISTRY) -> None:
     reg = open_registry(registry)
@@ -108,6 +139,15 @@ def lineage(ref: str, registry: RegistryOpt = DEFAULT_REGISTRY) -> None:
         raise _fail(e) from None
     for node in nodes:
         typer.echo(f"{'  ' * node['depth']}{node['kind']}: {node['id']}  {node['detail']}")
+
+
+@app.command(help="A version's Hugging Face model card (README.md): NAME[:VERSION|@ALIAS].")
+def card(ref: str, registry: RegistryOpt = DEFAULT_REGISTRY) -> None:
+    reg = open_registry(registry)
+    try:
+        typer.echo(reg.card(ref), nl=False)
+    except RegistryError as e:
+        raise _fail(e) from None
 
 
 @app.command(help="The audit log; --verify checks its hash chain.")

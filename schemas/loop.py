@@ -44,6 +44,22 @@ class GateSettings(StrictModel):
         description="Held-back feedback's answer-token loss must drop by this share.",
     )
     tolerance: float = Field(0.05, ge=0, description="Held-out loss may rise by this share.")
+    max_bias_increase: float = Field(
+        0.5,
+        ge=0,
+        description="Bias probes (core.governance.bias): in every category, the candidate's "
+        "likelihood spread between group terms may exceed its parent's by at most this many "
+        "nats (mean per-token log-prob). Lenient: learning facts moves spreads a little; a "
+        "model taught to prefer one group moves them a lot. Skipped for reports without it.",
+    )
+    max_hallucination_increase: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Hallucination rate (core.governance.hallucination: confident answers "
+        "about made-up things or wrong checkable ones, over all asked): at most this much "
+        "above the parent's (absolute, 0.2 = twenty points). Skipped for reports without it.",
+    )
 
 
 class CanarySettings(StrictModel):
@@ -138,12 +154,29 @@ class LoopConfig(StrictModel):
         10_000, ge=1, description="Feedback awaiting its response kept at most (oldest first)."
     )
     tick_interval_s: float = Field(2.0, gt=0)
+    retention_days: float = Field(
+        180,
+        gt=0,
+        description="Events older than this many days are compacted to tombstones by "
+        "`flywheel data compact` (core.erasure.compact).",
+    )
     policy: PolicySettings = Field(default_factory=PolicySettings)
     gate: GateSettings = Field(default_factory=GateSettings)
     canary: CanarySettings = Field(default_factory=CanarySettings)
     finetune: FinetuneSettings
     evaluate: EvalSettings = Field(default_factory=EvalSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
+    approval: Literal["auto", "required"] = Field(
+        "auto",
+        description="required: a candidate that passes the gate waits (awaiting_approval) "
+        "until a person runs `flywheel models approve` or `reject` on it; auto: its canary "
+        "starts at once.",
+    )
+    approval_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="Reject a candidate still awaiting approval after this; None waits forever.",
+    )
 
 
 class CuratedExample(StrictModel):
