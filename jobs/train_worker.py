@@ -283,6 +283,7 @@ class _Meter:
         return {
             "step": state.step,
             "loss": state.curve[-1]["loss"] if state.curve else None,
+            "tokens": self.tokens,  # trained on, padding excluded as in tokens_per_s
             "tokens_per_s": round(tps, 1),
             "mfu": round(self.mfu(tps), 4),
             "peak_flops_per_worker": self.peak,

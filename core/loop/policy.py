@@ -126,7 +126,22 @@ def gate(report: dict[str, Any], cfg: GateSettings | None = None) -> Decision:
         )
     said.append(f"held-out loss {regress:+.1%}")
     failed = _bias_failure(cand, prod, cfg) or _hallucination_failure(cand, prod, cfg)
-    return Decision(False, failed) if failed else Decision(True, ", ".join(said))
+    if failed:
+        return Decision(False, failed)
+    return Decision(True, ", ".join([*said, *_governance_figures(cand, prod)]))
+
+
+def _governance_figures(cand: dict[str, Any], prod: dict[str, Any]) -> list[str]:
+    """The bias and hallucination figures a passing gate's reason records (the audit's)."""
+    out = []
+    if "bias" in cand and "bias" in prod:
+        c, p = cand["bias"]["max_spread"], prod["bias"]["max_spread"]
+        out.append(f"bias: largest spread {c:.2f} nats (parent {p:.2f})")
+    c = (cand.get("hallucination") or {}).get("rate")
+    p = (prod.get("hallucination") or {}).get("rate")
+    if c is not None and p is not None:
+        out.append(f"hallucination rate {c:.0%} (parent {p:.0%})")
+    return out
 
 
 def _bias_failure(cand: dict[str, Any], prod: dict[str, Any], cfg: GateSettings) -> str | None:
