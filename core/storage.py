@@ -190,7 +190,9 @@ def exists(loc: Location) -> bool:
 
 def read_bytes(loc: Location) -> bytes:
     try:
-        with loc.fs.open_input_stream(loc.path) as f:
+        # compression=None: pyarrow would otherwise guess a codec from the name ("detect")
+        # and hand back part.jsonl.gz decompressed, or compress it again on write.
+        with loc.fs.open_input_stream(loc.path, compression=None) as f:
             return f.read()
     except FileNotFoundError as e:
         raise StorageError(f"{loc.uri}: not found") from e
@@ -206,7 +208,7 @@ def write_bytes(loc: Location, data: bytes) -> None:
         local_disk.write_atomic(Path(loc.path), data)
         return
     # An S3 PUT (or multipart upload) is only visible once complete: already atomic.
-    with loc.fs.open_output_stream(loc.path) as f:
+    with loc.fs.open_output_stream(loc.path, compression=None) as f:
         f.write(data)
 
 

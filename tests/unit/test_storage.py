@@ -131,3 +131,21 @@ def test_a_retried_exclusive_create_that_had_succeeded_is_ours(cas_store) -> Non
     assert storage.create_exclusive(loc, b"mine")  # the retry
     assert not storage.create_exclusive(loc, b"theirs")
     assert storage.read_bytes(loc) == b"mine"
+
+
+def test_a_compressed_file_s_bytes_are_stored_and_read_as_they_are(store) -> None:
+    """pyarrow guesses a codec from a name by default: ``part.jsonl.gz`` was compressed
+    again on upload to S3 and handed back decompressed, so a corpus uploaded gzipped read as
+    garbage."""
+    import gzip
+
+    body = gzip.compress(b'{"text": "one"}\n')
+    loc = storage.resolve(store.uri("raw", "part.jsonl.gz"), store.settings)
+    storage.write_bytes(loc, body)
+    assert storage.read_bytes(loc) == body
+    if loc.is_local:  # what is stored, read past pyarrow
+        stored = Path(loc.path).read_bytes()
+    else:
+        bucket, _, key = loc.path.partition("/")
+        stored = loc.s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert stored == body
