@@ -8,6 +8,11 @@ A line longer than the limit is skipped without being held in memory.
 
 Record ids say where a record came from: ``path@byte_offset`` (JSONL), ``path#row``
 (Parquet) or ``path`` (text).
+
+Compressed files (``.gz``, ``.zst``, ``.bz2``, as most public corpora ship) are read as a
+stream, decompressed on the fly, by the format their inner name says (``part.jsonl.gz`` is
+JSONL); a JSONL record's offset is then in the decompressed bytes. Such a file is one split:
+gzip and zstd streams cannot be entered mid-way, and bz2's blocks do not start on a byte.
 """
 
 from __future__ import annotations
@@ -23,6 +28,18 @@ from core.storage import FileEntry, Location
 
 QUARANTINE_REASONS = ("invalid_json", "invalid_utf8", "missing_field", "not_text", "oversized")
 _CHUNK = 1 << 20
+COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
+
+
+def compression_of(relpath: str) -> str | None:
+    """The codec a file's last suffix names (pyarrow's name for it), or None."""
+    lower = relpath.lower()
+    return next((c for suffix, c in COMPRESSIONS.items() if lower.endswith(suffix)), None)
+
+
+def _inner_name(relpath: str) -> str:
+    """``part.jsonl.gz`` -> ``part.jsonl``."""
+    return relpath[: relpath.rfind(".")] if compression_of(relpath) else relpath
 
 
 @dataclass(frozen=True)
@@ -34,6 +51,7 @@ class InputSplit:
     format: str
     start: int
     end: int
+    compression: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,7 +71,7 @@ class Record:
 def detect_format(relpath: str, configured: str) -> str:
     if configured != "auto":
         return configured
-    lower = relpath.lower()
+    lower = _inner_name(relpath).lower()
     if lower.endswith((".jsonl", ".json", ".ndjson")):
         return "jsonl"
     if lower.endswith(".parquet"):
@@ -68,8 +86,9 @@ def plan_splits(
     splits: list[InputSplit] = []
     for entry in files:
         fmt = detect_format(entry.relpath, configured_format)
-        if fmt != "jsonl" or entry.size <= split_bytes:
-            splits.append(InputSplit(len(splits), entry.relpath, fmt, 0, entry.size))
+        codec = compression_of(entry.relpath)
+        if fmt != "jsonl" or entry.size <= split_bytes or codec:
+            splits.append(InputSplit(len(splits), entry.relpath, fmt, 0, entry.size, codec))
             continue
         for start in range(0, entry.size, split_bytes):
             end = min(start + split_bytes, entry.size)
@@ -81,7 +100,12 @@ def read_split(
     split: InputSplit, location: Location, text_field: str, max_record_bytes: int
 ) -> Iterator[Record]:
     """Yield the records of one split (``location`` is the split's file)."""
-    if split.format == "jsonl":
+    if split.compression and split.format == "parquet":
+        detail = "a compressed Parquet file: Parquet compresses inside; store it uncompressed"
+        yield _bad(split.relpath, 0, "not_text", detail, 0, split.end, b"")
+    elif split.compression:
+        yield from _read_compressed(split, location, text_field, max_record_bytes)
+    elif split.format == "jsonl":
         yield from _read_jsonl(split, location, text_field, max_record_bytes)
     elif split.format == "parquet":
         yield from _read_parquet(split, location, text_field, max_record_bytes)
@@ -141,13 +165,51 @@ def _skip_past_newline(f: pa.NativeFile) -> int:
 def _read_jsonl(split: InputSplit, loc: Location, field: str, limit: int) -> Iterator[Record]:
     with loc.fs.open_input_file(loc.path) as f:
         for row, (offset, line) in enumerate(iter_lines(f, split.start, split.end, limit)):
-            doc_id = f"{split.relpath}@{offset}"
-            if isinstance(line, int):
-                yield _bad(doc_id, row, "oversized", f"{line} bytes > {limit}", offset, line, b"")
-                continue
-            if not line.strip():
-                continue
-            yield _parse_json_line(doc_id, row, line, field, offset)
+            yield from _jsonl_record(f"{split.relpath}@{offset}", row, offset, line, field, limit)
+
+
+def _read_compressed(split: InputSplit, loc: Location, field: str, limit: int) -> Iterator[Record]:
+    with loc.fs.open_input_stream(loc.path, compression=split.compression) as f:
+        if split.format != "jsonl":  # one text document: at most limit bytes are held
+            raw = f.read(limit + 1)
+            yield _text_record(split.relpath, raw, limit, len(raw) + _drain(f))
+            return
+        for row, (offset, line) in enumerate(iter_stream_lines(f, limit)):
+            yield from _jsonl_record(f"{split.relpath}@{offset}", row, offset, line, field, limit)
+
+
+def _drain(f: pa.NativeFile) -> int:
+    n = 0
+    while chunk := f.read(_CHUNK):
+        n += len(chunk)
+    return n
+
+
+def iter_stream_lines(f: pa.NativeFile, limit: int) -> Iterator[tuple[int, bytes | int]]:
+    """:func:`iter_lines` for a stream that cannot seek (a decompressing one): lines as
+    ``(offset, bytes)``, one longer than ``limit`` as ``(offset, length)``, never held whole."""
+    pos, buf, k, skipped = 0, b"", 0, 0  # skipped: bytes of an oversized line so far
+    while chunk := f.read(_CHUNK):
+        buf, k = buf[k:] + chunk, 0
+        while (i := buf.find(b"\n", k)) >= 0:
+            line = buf[k : i + 1]
+            length = skipped + len(line)
+            yield pos, (line if not skipped and len(line) <= limit + 1 else length)
+            pos, k, skipped = pos + length, i + 1, 0
+        if len(buf) - k > limit + 1:  # an oversized line: count it, hold none of it
+            skipped, buf, k = skipped + len(buf) - k, b"", 0
+    if skipped or k < len(buf):
+        rest = buf[k:]
+        yield pos, (rest if not skipped and len(rest) <= limit + 1 else skipped + len(rest))
+
+
+def _jsonl_record(
+    doc_id: str, row: int, offset: int, line: bytes | int, field: str, limit: int
+) -> Iterator[Record]:
+    if isinstance(line, int):
+        yield _bad(doc_id, row, "oversized", f"{line} bytes > {limit}", offset, line, b"")
+    elif line.strip():  # a blank line (often the last) is no record
+        yield _parse_json_line(doc_id, row, line, field, offset)
 
 
 def _parse_json_line(doc_id: str, row: int, line: bytes, field: str, offset: int) -> Record:
@@ -213,9 +275,16 @@ def _read_text(split: InputSplit, loc: Location, limit: int) -> Iterator[Record]
         detail = f"{split.end} bytes > {limit}"
         yield _bad(split.relpath, 0, "oversized", detail, 0, split.end, b"")
         return
-    with loc.fs.open_input_stream(loc.path) as f:
+    # No codec: pyarrow would otherwise guess one from the name ("detect").
+    with loc.fs.open_input_stream(loc.path, compression=None) as f:
         raw = f.read()
+    yield _text_record(split.relpath, raw, limit, len(raw))
+
+
+def _text_record(relpath: str, raw: bytes, limit: int, size: int) -> Record:
+    if size > limit:
+        return _bad(relpath, 0, "oversized", f"{size} bytes > {limit}", 0, size, b"")
     try:
-        yield Record(split.relpath, 0, text=raw.decode("utf-8"), length=len(raw))
+        return Record(relpath, 0, text=raw.decode("utf-8"), length=len(raw))
     except UnicodeDecodeError as e:
-        yield _bad(split.relpath, 0, "invalid_utf8", str(e), 0, len(raw), raw)
+        return _bad(relpath, 0, "invalid_utf8", str(e), 0, len(raw), raw)

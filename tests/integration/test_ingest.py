@@ -132,3 +132,44 @@ def test_worker_killed_during_tokenization(ray_session, corpus, tmp_path, monkey
     assert chaos.counts.documents == clean.counts.documents
     assert chaos.counts.blocks == clean.counts.blocks
     assert chaos.token_checksum == clean.token_checksum
+
+
+def _compressed_copy(raw: Path, dest: Path, codec: str, suffix: str) -> Path:
+    """The corpus with every JSONL and text file compressed (Parquet compresses inside)."""
+    import pyarrow as pa
+
+    for path in sorted(p for p in raw.rglob("*") if p.is_file()):
+        target = dest / path.relative_to(raw)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".parquet":
+            target.write_bytes(path.read_bytes())
+            continue
+        with pa.CompressedOutputStream(str(target) + suffix, codec) as out:
+            out.write(path.read_bytes())
+    return dest
+
+
+def test_compressed_corpora_ingest_to_the_plain_copy_s_content(corpus, tmp_path, s3_store):
+    """gzip and zstd copies of the corpus (as public corpora ship): the same documents, tokens
+    and counts as the plain files, on local disk and through S3. A gzipped JSONL file was one
+    quarantined text document before."""
+    raw, _ = corpus
+    plain = run_ingest(make_cfg(str(raw), str(tmp_path / "plain"), executor="local"))
+    gz = _compressed_copy(raw, tmp_path / "gz", "gzip", ".gz")
+    zst = _compressed_copy(raw, tmp_path / "zst", "zstd", ".zst")
+    s3_zst = storage.resolve(s3_store.uri("zst"), s3_store.settings)
+    storage.upload_dir(zst, s3_zst)
+    runs = [
+        run_ingest(make_cfg(str(gz), str(tmp_path / "out-gz"), executor="local")),
+        run_ingest(make_cfg(s3_zst.uri, s3_store.uri("out"), s3_store.settings, executor="local")),
+    ]
+    want = [d for d in iter_documents(*published(make_cfg(str(raw), str(tmp_path / "plain")),
+                                                  plain.snapshot_id))]  # fmt: skip
+    for manifest, out in zip(runs, (str(tmp_path / "out-gz"), s3_store.uri("out")), strict=True):
+        # Blocks differ (a plain file over split_bytes is several splits, a compressed one is
+        # one, and packing follows splits); the documents and every count do not.
+        assert manifest.counts.model_dump(exclude={"blocks"}) == plain.counts.model_dump(
+            exclude={"blocks"}
+        )
+        cfg = make_cfg(out, out, s3_store.settings if out.startswith("s3://") else None)
+        assert list(iter_documents(*published(cfg, manifest.snapshot_id))) == want

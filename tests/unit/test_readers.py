@@ -8,11 +8,19 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core import storage
-from core.data.readers import InputSplit, detect_format, iter_lines, plan_splits, read_split
+from core.data.readers import (
+    InputSplit,
+    detect_format,
+    iter_lines,
+    iter_stream_lines,
+    plan_splits,
+    read_split,
+)
 
 
 def read_all(path: Path, fmt: str, split_bytes: int = 1 << 30, limit: int = 1 << 20) -> list:
@@ -120,3 +128,48 @@ def test_plan_splits_cuts_only_large_jsonl() -> None:
     ]
     assert isinstance(splits[0], InputSplit)
     assert detect_format("X.NDJSON", "auto") == "jsonl" and detect_format("x.md", "auto") == "text"
+
+
+def _compress(data: bytes, codec: str) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.CompressedOutputStream(sink, codec) as out:
+        out.write(data)
+    return sink.getvalue().to_pybytes()
+
+
+@pytest.mark.parametrize("suffix,codec", [(".gz", "gzip"), (".zst", "zstd"), (".bz2", "bz2")])
+def test_compressed_jsonl_reads_as_its_plain_copy(tmp_path: Path, suffix, codec) -> None:
+    """A gzipped corpus file was one quarantined text document; it is its records now, the
+    same as the plain file's (the trailing blank line is no record), oversized one included."""
+    lines = [json.dumps({"text": f"record {i}"}).encode() for i in range(300)]
+    lines[7] = json.dumps({"text": "z" * 5000}).encode()
+    data = b"\n".join([*lines, b'{"text": "cut', b""]) + b"\n"
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "part.jsonl").write_bytes(data)
+    (tmp_path / f"part.jsonl{suffix}").write_bytes(_compress(data, codec))
+    plain = read_all(tmp_path / "plain" / "part.jsonl", "auto", limit=1000)
+    packed = read_all(tmp_path / f"part.jsonl{suffix}", "auto", split_bytes=64, limit=1000)
+    view = [(r.text, r.reason, r.offset, r.length) for r in plain]
+    assert [(r.text, r.reason, r.offset, r.length) for r in packed] == view
+    assert (
+        len(plain) == 301 and plain[7].reason == "oversized" and plain[-1].reason == "invalid_json"
+    )
+    assert packed[1].doc_id == f"part.jsonl{suffix}@{plain[1].offset}"
+
+
+def test_stream_lines_hold_no_oversized_line(tmp_path: Path) -> None:
+    data = b"a\n" + b"y" * (3 << 20) + b"\nb\n" + b"tail"
+    got = list(iter_stream_lines(pa.BufferReader(data), limit=1000))
+    assert got == [(0, b"a\n"), (2, (3 << 20) + 1), (2 + (3 << 20) + 1, b"b\n"),
+                   (2 + (3 << 20) + 3, b"tail")]  # fmt: skip
+
+
+def test_compressed_text_and_a_compressed_parquet(tmp_path: Path) -> None:
+    (tmp_path / "note.txt.gz").write_bytes(_compress(b"a plain note", "gzip"))
+    (tmp_path / "t.parquet.gz").write_bytes(_compress(b"PAR1...", "gzip"))
+    assert [(r.text, r.reason) for r in read_all(tmp_path / "note.txt.gz", "auto")] == [
+        ("a plain note", None)
+    ]
+    assert [r.reason for r in read_all(tmp_path / "note.txt.gz", "auto", limit=3)] == ["oversized"]
+    assert [r.reason for r in read_all(tmp_path / "t.parquet.gz", "auto")] == ["not_text"]
+    assert detect_format("x/part.JSONL.GZ", "auto") == "jsonl"
