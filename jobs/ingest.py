@@ -87,7 +87,7 @@ def _run_stages(
         stats = sum_stats(executor.process_splits(cfg, root, work, splits))
     progress.say(f"{stats.records_in} records read, {stats.documents} documents kept so far")
     with progress.stage("dedup", "finding exact and near duplicates across the dataset"):
-        dedup = executor.call(find_duplicates, cfg, work)
+        dedup = find_duplicates(cfg, work, executor.map)
     with progress.stage("tokenizer", f"tokenizer: {cfg.tokenizer.kind}"):
         tok = executor.call(prepare_tokenizer, cfg, work)
     parts = clean_parts(work)
@@ -125,7 +125,7 @@ def hash_inputs(files: list[storage.FileEntry]) -> list[InputFile]:
 
 def _sha256(loc: Location) -> str:
     h = hashlib.sha256()
-    with loc.fs.open_input_stream(loc.path) as f:
+    with loc.fs.open_input_stream(loc.path, compression=None) as f:  # the stored bytes
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
@@ -165,6 +165,10 @@ class Executor:
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return fn(*args)
 
+    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        """``fn`` over ``items``, each a unit of work (one LSH band of the dedup)."""
+        return [fn(item) for item in items]
+
     def tokenize_pack(
         self, cfg: IngestConfig, work: Location, snap: Location, parts: Sequence[Location]
     ) -> list[ShardInfo]:
@@ -175,8 +179,11 @@ class Executor:
 class RayExecutor(Executor):
     """Runs the stages on Ray: splits as Ray Data tasks, tokenization in an actor pool."""
 
-    def __init__(self, address: str | None, progress: Progress | None = None) -> None:
+    def __init__(
+        self, address: str | None, progress: Progress | None = None, cpus_per_task: float = 1.0
+    ) -> None:
         super().__init__(progress)
+        self.cpus_per_task = cpus_per_task
         init_ray(address)
         quiet_ray_data()  # one bar per stage here instead of Ray Data's per operator
 
@@ -203,6 +210,14 @@ class RayExecutor(Executor):
         import ray
 
         return ray.get(ray.remote(num_cpus=1)(fn).remote(*args))
+
+    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        """One Ray task per item, side by side across the cluster (``fn`` shipped once)."""
+        import ray
+
+        task = ray.remote(num_cpus=self.cpus_per_task)(_apply)
+        fn_ref = ray.put(fn)
+        return ray.get([task.remote(fn_ref, item) for item in items])
 
     def tokenize_pack(
         self, cfg: IngestConfig, work: Location, snap: Location, parts: Sequence[Location]
@@ -241,7 +256,11 @@ def faults_spec() -> str | None:
 def make_executor(cfg: IngestConfig, progress: Progress | None = None) -> Executor:
     if cfg.execution.executor == "local":
         return Executor(progress)
-    return RayExecutor(cfg.execution.address, progress)
+    return RayExecutor(cfg.execution.address, progress, cfg.execution.num_cpus_per_task)
+
+
+def _apply(fn: Callable[[Any], Any], item: Any) -> Any:
+    return fn(item)
 
 
 # ---------------------------------------------------------------------------------------------

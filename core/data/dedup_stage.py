@@ -3,6 +3,7 @@ per-document keys that stage 1 (:mod:`core.data.stages`) wrote; writes ``dedup.p
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable, Iterator
 
@@ -19,25 +20,39 @@ def clean_parts(work: Location) -> list[Location]:
     return [e.location for e in storage.list_files(work.join("clean"), "*.parquet")]
 
 
-def find_duplicates(cfg: IngestConfig, work: Location) -> dict[str, int]:
+Runner = Callable[[Callable[[int], np.ndarray], list[int]], list[np.ndarray]]
+
+
+def _serially(fn: Callable[[int], np.ndarray], items: list[int]) -> list[np.ndarray]:
+    return [fn(i) for i in items]
+
+
+def find_duplicates(
+    cfg: IngestConfig, work: Location, run_bands: Runner = _serially
+) -> dict[str, int]:
     """Decide which documents are dropped as duplicates; writes ``dedup.parquet``.
 
-    Holds per-document keys (16 + 8*bands bytes), never texts; signatures are re-read only
-    for the candidates of near-duplicate pairs, one part at a time.
+    Sharded by band, as datatrove does: each LSH band's candidate pairs come from a task of
+    their own (``run_bands`` runs them: in this process, or as Ray tasks), holding ordinals
+    and that one band's hashes (16 bytes a document), never texts; signatures are re-read
+    only for the candidates, one part at a time. The exact pass holds 16 bytes a document.
     """
     out = work.join("dedup.parquet")
     if storage.exists(out):
         return _dedup_counts(storage.read_parquet(out))
     parts = clean_parts(work)
-    keys = [storage.read_parquet(p, ["ordinal", "exact", "bands"]) for p in parts]
-
-    def load_signatures(wanted: set[int]) -> dict[int, np.ndarray]:
-        found = {}
-        for part in parts:
-            found.update(signatures_of(storage.read_parquet(part, ["ordinal", "minhash"]), wanted))
-        return found
-
-    dropped = decide_duplicates(cfg, pa.concat_tables(keys) if keys else None, load_signatures)
+    dropped: dict[int, tuple[int, str]] = {}
+    if cfg.dedup.exact and parts:
+        exact = _exact(parts)
+        dropped.update({o: (s, "exact_duplicate") for o, s in exact.items()})
+    if cfg.dedup.near and parts:
+        gone = set(dropped)
+        n_bands = _band_count(parts)
+        found = run_bands(functools.partial(band_pairs, parts, gone), list(range(n_bands)))
+        pairs = np.unique(np.concatenate([np.zeros((0, 2), np.int64), *found]), axis=0)
+        signatures = _load_signatures(parts, set(pairs.ravel().tolist()))
+        near = near_duplicates(pairs.tolist(), signatures, cfg.dedup.threshold)
+        dropped.update({o: (s, "near_duplicate") for o, s in near.items()})
     result = pa.table(
         {
             "ordinal": pa.array(list(dropped), pa.int64()),
@@ -49,12 +64,51 @@ def find_duplicates(cfg: IngestConfig, work: Location) -> dict[str, int]:
     return _dedup_counts(result)
 
 
+def _exact(parts: list[Location]) -> dict[int, int]:
+    keys = pa.concat_tables([storage.read_parquet(p, ["ordinal", "exact"]) for p in parts])
+    return exact_duplicates(keys["ordinal"].to_numpy(), keys["exact"].to_pylist())
+
+
+def _band_count(parts: list[Location]) -> int:
+    """Bands per signature, from the first part holding a document (a split can keep none)."""
+    for part in parts:
+        column = storage.read_parquet(part, ["bands"])["bands"]
+        if len(column):
+            return len(column[0])
+    return 0
+
+
+def band_pairs(parts: list[Location], gone: set[int], band: int) -> np.ndarray:
+    """Candidate pairs (smaller, larger ordinal) sharing hash ``band``, over every part."""
+    ordinals, hashes = [], []
+    for part in parts:
+        t = storage.read_parquet(part, ["ordinal", "bands"])
+        o = t["ordinal"].to_numpy()
+        if not len(o):
+            continue
+        bands = t["bands"].combine_chunks().flatten().to_numpy().reshape(len(o), -1)
+        keep = np.array([x not in gone for x in o.tolist()], dtype=bool)
+        ordinals.append(o[keep])
+        hashes.append(bands[keep, band])
+    if not ordinals:
+        return np.zeros((0, 2), dtype=np.int64)
+    return candidate_pairs(np.concatenate(ordinals), np.concatenate(hashes)[:, None])
+
+
+def _load_signatures(parts: list[Location], wanted: set[int]) -> dict[int, np.ndarray]:
+    found: dict[int, np.ndarray] = {}
+    for part in parts:
+        found.update(signatures_of(storage.read_parquet(part, ["ordinal", "minhash"]), wanted))
+    return found
+
+
 def decide_duplicates(
     cfg: IngestConfig,
     keys: pa.Table | None,
     load_signatures: Callable[[set[int]], dict[int, np.ndarray]],
 ) -> dict[int, tuple[int, str]]:
-    """Dropped ordinal -> (survivor, reason), from a table of ordinal, exact and bands."""
+    """Dropped ordinal -> (survivor, reason), from one table of ordinal, exact and bands (all
+    in memory: the single-process arm of ``bench/ingest.py``)."""
     dropped: dict[int, tuple[int, str]] = {}
     if keys is None or not keys.num_rows:
         return dropped
