@@ -21,7 +21,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
     cfg = load_config(IngestConfig, write(tmp_path, MINIMAL), environ={})
-    assert cfg.pack.block_size == 512 and cfg.dedup.threshold == 0.8
+    assert cfg.pack.block_size == 512 and cfg.dedup.threshold == 0.65
 
 
 def test_unknown_key_is_named_with_valid_keys(tmp_path: Path) -> None:
