@@ -44,6 +44,12 @@ class VLLMSettings(StrictModel):
         "LoRA kernels gather a (rank x width) matrix per token: keep it at the ranks you train.",
     )
     max_loras: int = Field(4, ge=1, description="Adapters active in one decoding step.")
+    enable_prefix_caching: bool = Field(
+        True,
+        description="Reuse the KV cache of a prompt prefix seen before (a shared system "
+        "prompt): bench/prefix_cache.py measured time to first token 75 ms on vs 608 ms off "
+        "for a 1,201-token prompt (SmolLM2-135M, 2 CPU cores).",
+    )
     bind_cores: bool = Field(
         True, description="CPU: pin the engine's threads to cores this replica claims alone."
     )

@@ -139,6 +139,7 @@ class VLLMEngine:
             enable_lora=v.enable_lora,
             max_lora_rank=v.max_lora_rank,
             max_loras=v.max_loras,
+            enable_prefix_caching=v.enable_prefix_caching,
             gpu_memory_utilization=v.gpu_memory_utilization,
             distributed_executor_backend="uni",  # one worker: no tensor parallelism here
             disable_log_stats=True,
