@@ -57,7 +57,7 @@ def erase(
     typer.echo(f"{report.erasure_id}: {state}")
     typer.echo(f"  events tombstoned: {report.events} in {report.segments} segments")
     typer.echo(f"  feedback snapshot rows removed: {sum(report.snapshots.values())}")
-    typer.echo(f"  consumer state entries removed: {report.state_entries}")
+    typer.echo(f"  consumer state entries and drift-profile words removed: {report.state_entries}")
     typer.echo(f"  quarantine files and job configs rewritten: {report.other_files}")
     typer.echo("  versions trained on their data (retrain; weights are not unlearned):")
     for v in report.versions or ["(none)"]:
