@@ -376,7 +376,7 @@ class LoopController(OperatorControls):
 
     def _claim(self) -> tuple[int, LoopState]:
         legacy = self.root.join("controller", "state.json")  # before the versioned log
-        default = storage.read_json(legacy) if storage.exists(legacy) else None
+        default = storage.read_json_if_exists(legacy)
         epoch, raw = self.log.claim(machine.dump_state(machine.load_state(default)))
         return epoch, machine.load_state(raw)
 

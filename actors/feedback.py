@@ -245,7 +245,7 @@ class FeedbackConsumer:
 
     def _load(self) -> ConsumerState:
         loc = self.root.join("state.json")
-        return load_consumer_state(storage.read_json(loc) if storage.exists(loc) else None)
+        return load_consumer_state(storage.read_json_if_exists(loc))
 
     # -- what the controller and operators read -----------------------------------------------
 

@@ -202,6 +202,11 @@ def read_json(loc: Location) -> Any:
     return json.loads(read_bytes(loc))
 
 
+def read_json_if_exists(loc: Location) -> Any:
+    """:func:`read_json`, or None where nothing is stored yet (a first start, no state)."""
+    return read_json(loc) if exists(loc) else None
+
+
 def write_bytes(loc: Location, data: bytes) -> None:
     """Write ``data`` to ``loc`` atomically: readers see the old object or the whole new one."""
     if loc.is_local:

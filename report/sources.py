@@ -61,7 +61,9 @@ def gather(
     if loop_uri:
         root = storage.resolve(loop_uri, settings)
         src.controller = _read_state(src, root.join("controller", "states"), read_state)
-        src.consumer = _read_state(src, root.join("consumer", "state.json"), _read_file)
+        src.consumer = _read_state(
+            src, root.join("consumer", "state.json"), storage.read_json_if_exists
+        )
     return src
 
 
@@ -107,10 +109,6 @@ def _read_events(src: Sources, log: EventLog) -> None:
                 src.served[event.response_id] = event
         else:
             src.feedback.append(event)
-
-
-def _read_file(loc: storage.Location) -> dict[str, Any] | None:
-    return storage.read_json(loc) if storage.exists(loc) else None
 
 
 def _read_state(

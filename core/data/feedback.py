@@ -41,7 +41,7 @@ def open_training_data(
     newest, :func:`core.data.snapshots.resolve_snapshot`), by its manifest's kind."""
     loc = storage.resolve(uri, settings)
     manifest = loc.join("manifest.json")
-    raw = storage.read_json(manifest) if storage.exists(manifest) else None
+    raw = storage.read_json_if_exists(manifest)
     if raw and raw.get("kind") == "feedback_snapshot":
         return loc, FeedbackManifest.model_validate(raw)
     return resolve_snapshot(loc)
