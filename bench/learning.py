@@ -23,19 +23,21 @@ from typing import Any
 import torch
 
 from core.config import load_config
+from core.generation.greedy import ask
 from core.generation.loading import load_version
 from core.loop import recipes
 from core.loop.curation import Candidate, Rating, curate, curate_ratings
 from core.loop.state import Cycle
 from core.registry import ModelRegistry
 from demo import world
-from jobs.evaluate import blocks, greedy_answers, mean_loss
+from jobs.evaluate import blocks, mean_loss
 from jobs.feedback_snapshot import publish_feedback_snapshot
 from jobs.runtime import Progress
 from jobs.train import run_train
 from schemas.loop import CuratedExample, FeedbackSnapshotConfig, LoopConfig, RatedAnswer
 from schemas.train import Stage
 
+MAX_NEW = 48  # tokens of a greedy answer: a fact and its sentence
 REPO = Path(__file__).resolve().parent.parent
 ARMS: dict[str, list[tuple[str, int]]] = {
     "lm": [("lm", 24)],
@@ -73,14 +75,6 @@ def _demo_production(home: Path, progress: Progress) -> None:
     run_train(train, progress)
 
 
-def ask(loaded: Any, questions: list[str], max_new: int = 48) -> list[str]:
-    """Greedy answers through the model's chat template, as the gateway renders them."""
-    tok = loaded.tokenizer
-    prompts = [chat_prompt(tok, q) for q in questions]
-    ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
-    return greedy_answers(loaded, ids, max_new)
-
-
 def chat_prompt(tok: Any, question: str) -> str:
     messages = [{"role": "user", "content": question}]
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -92,7 +86,7 @@ def user_feedback(
     """What the demo's users send, curated as the consumer curates it."""
     asked = [(f, q, True) for f in world.FACTS[:taught] for q in f.questions[:2]]
     asked += [(f, f.questions[0], False) for f in world.FACTS[taught:]]
-    answers = ask(loaded, [q for _, q, _ in asked])
+    answers = ask(loaded, [q for _, q, _ in asked], MAX_NEW)
     corrections, ratings = [], []
     for i, ((fact, question, corrects), answer) in enumerate(zip(asked, answers, strict=True)):
         prompt = chat_prompt(loaded.tokenizer, question)
@@ -120,7 +114,7 @@ def user_feedback(
 
 def accuracy(loaded: Any, facts: tuple[world.Fact, ...] | list[world.Fact]) -> dict[str, Any]:
     items = [(f, q) for f in facts for q in f.heldout_questions]
-    answers = ask(loaded, [q for _, q in items])
+    answers = ask(loaded, [q for _, q in items], MAX_NEW)
     right = sum(world.is_correct(f, a) for (f, _), a in zip(items, answers, strict=True))
     return {"right": right, "asked": len(items), "accuracy": round(right / len(items), 3)}
 

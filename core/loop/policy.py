@@ -137,11 +137,21 @@ def _governance_figures(cand: dict[str, Any], prod: dict[str, Any]) -> list[str]
     if "bias" in cand and "bias" in prod:
         c, p = cand["bias"]["max_spread"], prod["bias"]["max_spread"]
         out.append(f"bias: largest spread {c:.2f} nats (parent {p:.2f})")
-    c = (cand.get("hallucination") or {}).get("rate")
-    p = (prod.get("hallucination") or {}).get("rate")
+    c, p = _hallucination_rates(cand, prod)
     if c is not None and p is not None:
         out.append(f"hallucination rate {c:.0%} (parent {p:.0%})")
     return out
+
+
+def _hallucination_rates(
+    cand: dict[str, Any], prod: dict[str, Any]
+) -> tuple[float | None, float | None]:
+    """(candidate's, parent's) hallucination rate; None where a report has none."""
+    return _rate(cand), _rate(prod)
+
+
+def _rate(scores: dict[str, Any]) -> float | None:
+    return (scores.get("hallucination") or {}).get("rate")
 
 
 def _bias_failure(cand: dict[str, Any], prod: dict[str, Any], cfg: GateSettings) -> str | None:
@@ -165,8 +175,7 @@ def _hallucination_failure(
 ) -> str | None:
     """Why the hallucination rate fails the candidate against its parent (None: it passes,
     or an older report without it)."""
-    c = (cand.get("hallucination") or {}).get("rate")
-    p = (prod.get("hallucination") or {}).get("rate")
+    c, p = _hallucination_rates(cand, prod)
     if c is None or p is None or c - p <= cfg.max_hallucination_increase:
         return None
     return (f"hallucination: rate {c:.0%} vs parent {p:.0%}: rise > "
