@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from schemas.base import StrictModel
 from schemas.storage import StorageSettings
@@ -55,6 +55,34 @@ class VLLMSettings(StrictModel):
     )
 
 
+class PrefixAffinity(StrictModel):
+    """Routing by prompt prefix (``generator.routing``, :mod:`serve_apps.prefix_router`): a
+    request goes to the replica that was sent the longest prefix of its prompt (tokens, under
+    its version), among those Serve's multiplexing offers, where vLLM's prefix cache can hit."""
+
+    match_rate_threshold: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Share of a prompt's tokens a replica must have seen as its prefix to be "
+        "chosen for it; below, load chooses (power of two choices).",
+    )
+    max_extra_requests: float | None = Field(
+        None,
+        ge=0,
+        description="A replica holding the prefix is passed over when it has more requests in "
+        "flight than the least busy candidate plus this; None: autoscaling."
+        "target_ongoing_requests, the load past which Serve would add a replica.",
+    )
+    history_tokens: int = Field(
+        20_000,
+        ge=1,
+        description="Prompt tokens remembered per replica, least recently used forgotten first. "
+        "Keep it under what a replica's KV cache holds, or requests follow prefixes vLLM has "
+        "evicted: 1 GiB holds about 23,000 tokens of SmolLM2-135M in float32 (from its shapes).",
+    )
+
+
 class GeneratorSettings(StrictModel):
     """The model replicas."""
 
@@ -82,6 +110,32 @@ class GeneratorSettings(StrictModel):
     dtype: Literal["float32", "bfloat16"] = "float32"
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
+    routing: Literal["auto", "power_of_two", "prefix_affinity"] = Field(
+        "auto",
+        description="How a request picks its replica among those Serve's multiplexing offers: "
+        "power_of_two, the less loaded of two (Serve's default); prefix_affinity, the one "
+        "that was sent the longest prefix of its prompt (vLLM with prefix caching only: the "
+        "hf engine keeps no KV cache across requests); auto, prefix_affinity where it can hit.",
+    )
+    prefix_affinity: PrefixAffinity = Field(default_factory=PrefixAffinity)
+
+    @property
+    def routes_by_prefix(self) -> bool:
+        """Whether the generator deployment routes by prompt prefix."""
+        return self.routing == "prefix_affinity" or (self.routing == "auto" and self._caches)
+
+    @property
+    def _caches(self) -> bool:
+        return self.engine == "vllm" and self.vllm.enable_prefix_caching
+
+    @model_validator(mode="after")
+    def _prefix_affinity_needs_a_cache(self) -> GeneratorSettings:
+        if self.routing == "prefix_affinity" and not self._caches:
+            raise ValueError(
+                "routing: prefix_affinity needs engine: vllm with vllm.enable_prefix_caching "
+                "(nothing else reuses a prompt's prefix): set routing: auto or power_of_two"
+            )
+        return self
 
 
 class ApiKey(StrictModel):

@@ -3,7 +3,9 @@
 Versions are *multiplexed*: a request carries the exact version (``name:3``) as its
 multiplexed model id, Serve routes it to a replica that has it loaded when it can, and a
 replica keeps up to ``max_models_per_replica`` versions (least recently used out). So
-production and canary live side by side, and moving an alias needs no restart.
+production and canary live side by side, and moving an alias needs no restart. Among the
+replicas with the version, ``generator.routing`` picks by load or by prompt prefix
+(:mod:`serve_apps.prefix_router`, so vLLM's prefix cache hits with several replicas).
 
 The model runs through an engine (:class:`core.generation.engine.Engine`), chosen by
 ``generator.engine``: ``hf`` (:mod:`serve_apps.hf_engine`, PyTorch models decoded in
@@ -116,6 +118,30 @@ async def coalesce(
         yield {"text": "".join(text), "tokens": tokens, "finish_reason": None}
 
 
+def router_options(settings: GeneratorSettings) -> dict[str, Any]:
+    """``serve.deployment`` options for the request router: by prompt prefix where that can
+    hit vLLM's prefix cache (``generator.routing``), else none (Serve's power of two)."""
+    if not settings.routes_by_prefix:
+        return {}
+    from ray.serve.config import RequestRouterConfig
+
+    from serve_apps.prefix_router import PrefixAffinityRouter  # imports ray.llm: only if used
+
+    p = settings.prefix_affinity
+    extra = p.max_extra_requests
+    if extra is None:  # the load past which Serve would add a replica
+        extra = settings.autoscaling.target_ongoing_requests
+    kwargs = {
+        "match_rate_threshold": p.match_rate_threshold,
+        "max_extra_requests": extra,
+        "history_tokens": p.history_tokens,
+    }
+    config = RequestRouterConfig(
+        request_router_class=PrefixAffinityRouter, request_router_kwargs=kwargs
+    )
+    return {"request_router_config": config}
+
+
 def generator_deployment(settings: GeneratorSettings) -> Any:
     """The Serve deployment for ``settings`` (resources, autoscaling, multiplexing)."""
     a = settings.autoscaling
@@ -153,4 +179,5 @@ def generator_deployment(settings: GeneratorSettings) -> Any:
         max_queued_requests=settings.max_queued_requests,
         health_check_period_s=5,
         graceful_shutdown_timeout_s=5,
+        **router_options(settings),
     )
