@@ -23,7 +23,9 @@ from core.registry import ModelRegistry
 from jobs.generate import GenerateError, run_generate
 from jobs.runtime import Progress
 from schemas.generate import GenerateConfig
-from tests.tinymodel import make_tiny_model
+from schemas.storage import StorageSettings
+from tests.conftest import Store
+from tests.tinymodel import make_lora_adapter, make_tiny_model
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -32,8 +34,11 @@ pytestmark = pytest.mark.timeout(600)
 def registry_uri(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("genreg")
     registry = ModelRegistry(str(root / "registry"), actor="test")
-    registry.register("tiny", make_tiny_model(root / "base"))
+    base = make_tiny_model(root / "base")
+    registry.register("tiny", base)
     registry.set_alias("tiny", "production", 1)
+    adapter = make_lora_adapter(base, root / "adapter")
+    registry.register("tiny", adapter, format="lora", base="tiny:1")
     return str(root / "registry")
 
 
@@ -125,9 +130,6 @@ def test_an_engine_dying_after_its_write_leaves_no_row_twice(
 ) -> None:
     """The actor exits once right after writing a part, before it reports the batch: Ray Data
     restarts it and retries that batch, which lands on the same part name."""
-    from schemas.storage import StorageSettings
-    from tests.conftest import Store
-
     store = Store("local", str(tmp_path / "store"), StorageSettings())
     expected = write_prompts(store)
     marker = tmp_path / "fault"
@@ -141,9 +143,6 @@ def test_an_engine_dying_after_its_write_leaves_no_row_twice(
 def test_killed_mid_run_and_resumed_without_a_row_twice(
     ray_session, tmp_path, registry_uri
 ) -> None:
-    from schemas.storage import StorageSettings
-    from tests.conftest import Store
-
     store = Store("local", str(tmp_path / "store"), StorageSettings())
     lines = [json.dumps({"prompt": f"The hub number {i} pairs with"}) for i in range(240)]
     prompts = tmp_path / "store" / "prompts"
@@ -178,3 +177,34 @@ def test_killed_mid_run_and_resumed_without_a_row_twice(
     ids = read_output(store, "out")["id"].to_pylist()
     assert len(ids) == len(set(ids)) == 240 and manifest["duplicates"] == 0
     assert before <= set(manifest["parts"])  # the first run's parts were kept, not redone
+
+
+@pytest.mark.slow
+def test_vllm_engine_answers_a_lora_version_as_hf_does(ray_session, tmp_path, registry_uri) -> None:
+    """The default engine on a LoRA version (an adapter on its base's vLLM engine): greedy
+    answers equal the HF decoder's on the merged model."""
+    pytest.importorskip("vllm", reason="the vllm extra is not installed (make installs it)")
+    store = Store("local", str(tmp_path / "store"), StorageSettings())
+    prompts = tmp_path / "store" / "prompts"
+    prompts.mkdir(parents=True)
+    lines = [json.dumps({"prompt": p}) for p in ("The Heron H2", "Reset the", "battery life")]
+    chat = [{"role": "user", "content": "What is the warranty?"}]
+    (prompts / "p.jsonl").write_text("\n".join([*lines, json.dumps({"messages": chat})]) + "\n")
+    texts = {}
+    for kind in ("hf", "vllm"):
+        cfg = recipe(store, registry_uri, f"out-{kind}", kind=kind, num_cpus=1, dtype="float32")
+        cfg = cfg.model_copy(
+            update={
+                "model": "tiny:2",
+                "sampling": cfg.sampling.model_copy(update={"temperature": 0, "seed": None}),
+            }
+        )
+        manifest = run_generate(cfg, quiet())
+        assert manifest["model"] == "tiny:2" and manifest["errors"] == 0
+        rows = read_output(store, f"out-{kind}").to_pylist()
+        # The tiny model emits byte tokens that are no valid UTF-8; vLLM renders them as
+        # U+FFFD where HF's decoder drops them: compare what both can spell.
+        texts[kind] = {
+            r["id"]: (r["text"].replace("\ufffd", ""), r["completion_tokens"]) for r in rows
+        }
+    assert texts["vllm"] == texts["hf"] and len(texts["hf"]) == 4
