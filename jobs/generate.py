@@ -85,24 +85,36 @@ def run_generate(cfg: GenerateConfig, progress: Progress | None = None) -> dict[
             num_gpus=e.num_gpus,
         )
     )
-    _drain(ds, progress)
-    return finish(cfg, registry, job, out, files)
+    run = _drain(ds, progress)
+    return finish(cfg, registry, job, out, files, run)
 
 
-def _drain(ds: Any, progress: Progress) -> None:
-    """Run the pipeline, showing rows and tokens per second as parts land."""
-    rows = errors = tokens = 0
+def _drain(ds: Any, progress: Progress) -> dict[str, Any]:
+    """Run the pipeline, showing rows and tokens per second as parts land; this run's
+    figures (``engine_seconds``: time inside the engines' generate calls, summed)."""
+    run = {"rows": 0, "errors": 0, "completion_tokens": 0, "engine_seconds": 0.0}
     start = last = time.perf_counter()
     with progress.bar(desc="rows generated") as bar:
         for part in ds.iter_rows():
-            rows, errors = rows + part["rows"], errors + part["errors"]
-            tokens += part["completion_tokens"]
+            for key, field in (
+                ("rows", "rows"),
+                ("errors", "errors"),
+                ("engine_seconds", "engine_s"),
+            ):
+                run[key] += part[field]
+            run["completion_tokens"] += part["completion_tokens"]
             bar.update(part["rows"])
             if (now := time.perf_counter()) - last >= 10:
-                rate = tokens / (now - start)
-                progress.say(f"{rows} rows ({errors} errors), {rate:.0f} tokens/s")
+                rate = run["completion_tokens"] / (now - start)
+                progress.say(f"{run['rows']} rows ({run['errors']} errors), {rate:.0f} tokens/s")
                 last = now
-    progress.say(f"{rows} rows generated this run ({errors} errors, {tokens} tokens)")
+    run["seconds"] = round(time.perf_counter() - start, 3)
+    run["engine_seconds"] = round(run["engine_seconds"], 3)
+    progress.say(
+        f"{run['rows']} rows generated this run ({run['errors']} errors, "
+        f"{run['completion_tokens']} tokens in {run['seconds']:.0f}s)"
+    )
+    return run
 
 
 def claim_job(cfg: GenerateConfig, registry: ModelRegistry, out: Location) -> dict[str, Any]:
@@ -158,8 +170,10 @@ def finish(
     job: dict[str, Any],
     out: Location,
     files: list[storage.FileEntry],
+    run: dict[str, Any],
 ) -> dict[str, Any]:
-    """Totals over every part (this run's and earlier ones'), and the lineage: the manifest."""
+    """Totals over every part (this run's and earlier ones'), and the lineage: the manifest.
+    ``last_run``: what this run alone generated, and its times."""
     columns = ["id", "error", "prompt_tokens", "completion_tokens"]
     parts = storage.list_files(out, "part-*.parquet")
     tables = [storage.read_parquet(p.location, columns) for p in parts]
@@ -181,6 +195,7 @@ def finish(
         "errors": sum(sum(1 for e in t["error"].to_pylist() if e) for t in tables),
         "prompt_tokens": sum(sum(t["prompt_tokens"].to_pylist()) for t in tables),
         "completion_tokens": sum(sum(t["completion_tokens"].to_pylist()) for t in tables),
+        "last_run": run,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "code_version": code_version(),
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,7 @@ class GenerateUDF:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         ids = [str(i) for i in batch["id"]]
         if not ids:  # every row of its splits was done already
-            return {"part": [], "rows": [], "errors": [], "completion_tokens": []}
+            return {"part": [], "rows": [], "errors": [], "completion_tokens": [], "engine_s": []}
         prompts, params, todo, errors = [], [], [], [str(e) for e in batch["error"]]
         for i, (prompt, messages) in enumerate(
             zip(batch["prompt"], batch["messages"], strict=True)
@@ -94,9 +95,10 @@ class GenerateUDF:
             todo.append(i)
         generated: list[Generated] = [Generated(error=e) for e in errors]
         prompt_tokens = [0] * len(ids)
-        for i, g, p in zip(
-            todo, self.engine.generate(prompts, params) if prompts else [], prompts, strict=True
-        ):
+        start = time.perf_counter()
+        outs = self.engine.generate(prompts, params) if prompts else []
+        engine_s = time.perf_counter() - start
+        for i, g, p in zip(todo, outs, prompts, strict=True):
             generated[i], prompt_tokens[i] = g, len(p)
         part = self._write(batch, ids, generated, prompt_tokens)
         return {
@@ -104,6 +106,7 @@ class GenerateUDF:
             "rows": [len(ids)],
             "errors": [sum(1 for g in generated if g.error)],
             "completion_tokens": [sum(g.completion_tokens for g in generated)],
+            "engine_s": [engine_s],
         }
 
     def _params(self, row_id: str) -> SamplingParams:
