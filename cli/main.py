@@ -15,6 +15,8 @@ import typer
 from cli.data import app as data_app
 from cli.loop import app as loop_app
 from cli.models import app as models_app
+from cli.quantize import HELP as QUANTIZE_HELP
+from cli.quantize import quantize
 from cli.report import report
 from cli.serving import DEFAULT_SERVE_CONFIG, events_app, run_serve
 from core.config import ConfigError, load_config
@@ -24,6 +26,7 @@ COMMANDS = {
     "demo": "Run the main job end to end on the embedded default (local Ray, local disk).",
     "ingest": "Turn raw text in object storage into a tokenized dataset snapshot.",
     "train": "Train (pretrain, full or LoRA) on a snapshot with Ray Train + DeepSpeed; register.",
+    "generate": "Batch generation: prompts in object storage -> Parquet, on Ray Data (resumable).",
     "models": "Model registry: versions, aliases, lineage, audit.",
     "models list": "Models, their versions and aliases.",
     "models show": "One version as JSON: NAME[:VERSION|@ALIAS] (latest when bare).",
@@ -34,6 +37,7 @@ COMMANDS = {
     "models lineage": "Where a version came from, back to the raw inputs.",
     "models audit": "The audit log; --verify checks its hash chain.",
     "models card": "A version's Hugging Face model card (README.md): NAME[:VERSION|@ALIAS].",
+    "models quantize": QUANTIZE_HELP,
     "serve": "Serve the OpenAI-compatible gateway and generator locally (a Serve config).",
     "events": "The event log.",
     "events tail": "Show events as they arrive.",
@@ -106,6 +110,22 @@ def train(config: ConfigOpt, set_: SetOpt = None, address: AddressOpt = None) ->
     typer.echo(f"registered {version.ref}")
 
 
+@app.command(help=COMMANDS["generate"])
+def generate(config: ConfigOpt, set_: SetOpt = None, address: AddressOpt = None) -> None:
+    from jobs.generate import GenerateError, render, run_generate
+    from schemas.generate import GenerateConfig
+
+    overrides = list(set_ or [])
+    if address:
+        overrides.append(f"ray_address={address}")
+    try:
+        typer.echo(render(run_generate(_load(GenerateConfig, config, overrides))))
+    except GenerateError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+models_app.command("quantize", help=COMMANDS["models quantize"])(quantize)
 app.add_typer(models_app, name="models", help=COMMANDS["models"])
 app.add_typer(events_app, name="events", help=COMMANDS["events"])
 app.add_typer(loop_app, name="loop", help=COMMANDS["loop"])

@@ -51,7 +51,7 @@ def list_models(registry: RegistryOpt = DEFAULT_REGISTRY) -> None:
             base = f" on {v.base}" if v.base else ""
             loss = v.metrics.get("loss")
             extra = f" loss={loss:.4f}" if isinstance(loss, float) else ""
-            typer.echo(f"  {v.ref:<24} {v.format}{base}  {v.created_at}{extra}  {tags}")
+            typer.echo(f"  {v.ref:<24} {v.layout}{base}  {v.created_at}{extra}  {tags}")
 
 
 @app.command(help="One version as JSON: NAME[:VERSION|@ALIAS] (latest when bare).")

@@ -13,6 +13,12 @@ governance checks: the hallucination rate (``core.governance.hallucination``) an
 probes (``core.governance.bias``). The gate (``core.loop.policy.gate``) decides; the report
 goes to the candidate's evaluation reports in the registry and to ``--result``. Without a
 ``production`` version the candidate is scored alone and the report's gate is None.
+
+With a ``baseline`` instead (a quantized version's source), both are scored the same way
+and nothing is gated: the report adds ``delta`` (candidate minus baseline, per score) and
+how often both predict the same next token on the held-out blocks (``top1_agreement``):
+
+    python -m jobs.evaluate --config eval.yaml --set candidate=demo:4 --set baseline=demo:3
 """
 
 from __future__ import annotations
@@ -60,12 +66,32 @@ def blocks(uri: str, settings: Any, limit: int | None) -> list[tuple[np.ndarray,
     return out
 
 
-@torch.inference_mode()
+# Scores whose candidate-minus-baseline difference a baseline comparison reports.
+DELTA_SCORES = (
+    ("heldout_loss",),
+    ("feedback_loss",),
+    ("corrected", "accuracy"),
+    ("accepted", "accuracy"),
+    ("qa", "accuracy"),
+    ("hallucination", "rate"),
+    ("bias", "max_spread"),
+)
+
+
 def mean_loss(
     loaded: LoadedModel, data: list[tuple[np.ndarray, list, int]], batch: int = 8
 ) -> float:
     """Mean next-token loss over real tokens, documents masked from each other."""
-    total, count = 0.0, 0
+    return next_token_scores(loaded, data, batch)[0]
+
+
+@torch.inference_mode()
+def next_token_scores(
+    loaded: LoadedModel, data: list[tuple[np.ndarray, list, int]], batch: int = 8
+) -> tuple[float, torch.Tensor]:
+    """:func:`mean_loss`, and the predicted (argmax) next token at every real token, in order:
+    two models' predictions compare position by position."""
+    total, count, top1 = 0.0, 0, []
     for i in range(0, len(data), batch):
         rows = data[i : i + batch]
         inputs = batch_tensors(
@@ -82,7 +108,8 @@ def mean_loss(
         )
         total += float(losses)
         count += int((targets != -100).sum())
-    return total / max(1, count)
+        top1.append(logits.argmax(-1)[targets != -100])
+    return total / max(1, count), torch.cat(top1) if top1 else torch.empty(0, dtype=torch.long)
 
 
 def feedback_scores(
@@ -157,26 +184,44 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     roles = [("candidate", cfg.candidate)]
     if cfg.production:  # standalone: the candidate's scores alone, no gate to pass
         roles.append(("production", cfg.production))
+    if cfg.baseline:
+        roles.append(("baseline", cfg.baseline))
+    predicted = {}
     for role, ref in roles:
         loaded = load_version(registry, ref, torch.float32)
         scores = feedback_scores(loaded, rows, cfg.max_new_tokens, pad_id) if rows else {}
         if feedback:  # a packed (corpus-format) feedback snapshot: the loss alone
             scores["feedback_loss"] = mean_loss(loaded, feedback)
-        report[role] = {
-            "version": loaded.ref,
-            **scores,
-            "heldout_loss": mean_loss(loaded, heldout),
-        }
+        heldout_loss, predicted[role] = next_token_scores(loaded, heldout)
+        report[role] = {"version": loaded.ref, **scores, "heldout_loss": heldout_loss}
         if qa:
             report[role]["qa"] = qa_accuracy(loaded, qa, cfg.max_new_tokens)
         report[role]["hallucination"] = hallucination_scores(loaded, checkable(loaded, rows, qa))
         report[role]["bias"] = bias_scores(loaded)
         del loaded
     report["gate"] = None
+    if cfg.baseline:
+        report["delta"] = score_delta(report["candidate"], report["baseline"])
+        same = predicted["candidate"] == predicted["baseline"]
+        report["delta"]["top1_agreement"] = float(same.float().mean()) if len(same) else None
     if cfg.production:
         decision = gate(report, cfg.gate)
         report["gate"] = {"passed": decision.trigger, "reason": decision.reason}
     return report
+
+
+def score_delta(candidate: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float]:
+    """Candidate minus baseline for every score of ``DELTA_SCORES`` both have, by dotted name
+    (``{"heldout_loss": 0.004, "qa.accuracy": -0.05}``)."""
+    out = {}
+    for path in DELTA_SCORES:
+        c, b = candidate, baseline
+        for key in path:
+            c = c.get(key) if isinstance(c, dict) else None
+            b = b.get(key) if isinstance(b, dict) else None
+        if isinstance(c, int | float) and isinstance(b, int | float):
+            out[".".join(path)] = float(c) - float(b)
+    return out
 
 
 def checkable(
@@ -193,8 +238,10 @@ def checkable(
 
 
 def _feedback(cfg: EvalConfig) -> tuple[dict[str, list[dict]], int, list]:
-    """(rows by kind, pad id, []) of a feedback snapshot, or ({}, 0, packed blocks) of a
-    corpus-format one."""
+    """(rows by kind, pad id, []) of a feedback snapshot, ({}, 0, packed blocks) of a
+    corpus-format one, or ({}, 0, []) without one."""
+    if not cfg.feedback_snapshot_uri:
+        return {}, 0, []
     snap, manifest = open_training_data(cfg.feedback_snapshot_uri, cfg.storage)
     if not isinstance(manifest, FeedbackManifest):
         return {}, 0, blocks(cfg.feedback_snapshot_uri, cfg.storage, None)
@@ -210,24 +257,28 @@ def _qa_items(cfg: EvalConfig) -> list[dict[str, str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Evaluate a candidate against production.")
+    parser = argparse.ArgumentParser(
+        description="Evaluate a candidate against production or a baseline."
+    )
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--result", help="Also write the report JSON here (path or s3://).")
     args = parser.parse_args(argv)
     cfg = load_config(EvalConfig, args.config, args.overrides)
+    report = evaluate_and_record(cfg)
+    if args.result:
+        storage.write_json(storage.resolve(args.result, cfg.storage), report)
+    shown = {k: report.get(k) for k in ("candidate", "production", "gate")}
+    shown |= {k: report[k] for k in ("baseline", "delta") if k in report}
+    print(json.dumps(shown, indent=2, default=str))
+
+
+def evaluate_and_record(cfg: EvalConfig) -> dict[str, Any]:
+    """:func:`evaluate`, its report appended to the candidate's evaluation reports."""
     report = evaluate(cfg)
     registry = ModelRegistry(cfg.registry_uri, cfg.storage)
     registry.add_eval_report(cfg.candidate, {"kind": "evaluation", **report})
-    if args.result:
-        storage.write_json(storage.resolve(args.result, cfg.storage), report)
-    print(
-        json.dumps(
-            {k: report.get(k) for k in ("candidate", "production", "gate")},
-            indent=2,
-            default=str,
-        )
-    )
+    return report
 
 
 if __name__ == "__main__":

@@ -115,7 +115,13 @@ def _base_ref(cfg: TrainConfig, registry: ModelRegistry) -> str | None:
     every worker and the lineage agree even if an alias moves meanwhile."""
     if not cfg.model.registry_ref:
         return None
-    return registry.get(cfg.model.registry_ref).ref
+    version = registry.get(cfg.model.registry_ref)
+    if version.format == "hf-int8":  # its int8 weights are for inference, not gradients
+        raise RegistryError(
+            f"{version.ref} is an int8-dynamic quantization: train from its source "
+            f"({version.quantization.source if version.quantization else 'unknown'}) instead"
+        )
+    return version.ref
 
 
 def _special_ids(manifest: SnapshotManifest) -> dict[str, int]:

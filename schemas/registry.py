@@ -39,6 +39,22 @@ class Lineage(StrictModel):
     job: str | None = Field(None, description="Ray job submission id or run name.")
 
 
+QuantizationMethod = Literal["int8-dynamic", "bf16"]
+
+
+class Quantization(StrictModel):
+    """How a quantized version was made from its source (``flywheel models quantize``)."""
+
+    method: QuantizationMethod = Field(
+        description="int8-dynamic: Linear weights int8 with a scale per output channel, run "
+        "with PyTorch's dynamic int8 kernels (CPU, hf engine only); bf16: weights in bfloat16."
+    )
+    source: str = Field(description="Version it was quantized from ('name:3').")
+    source_bytes: int = Field(
+        ge=0, description="Bytes on disk the source needs (a LoRA adapter: with its base)."
+    )
+
+
 class ModelVersion(StrictModel):
     """``manifest.json`` of a registered version; immutable once written."""
 
@@ -46,8 +62,9 @@ class ModelVersion(StrictModel):
     kind: Literal["model_version"] = "model_version"
     name: str
     version: int
-    format: Literal["hf", "lora"] = Field(
-        description="hf: a whole Hugging Face model folder; lora: a PEFT adapter on `base`."
+    format: Literal["hf", "lora", "hf-int8"] = Field(
+        description="hf: a whole Hugging Face model folder; lora: a PEFT adapter on `base`; "
+        "hf-int8: a Hugging Face folder whose Linear weights are int8 (core.generation.int8)."
     )
     base: str | None = Field(None, description="For LoRA: the base version ('name:2').")
     content_sha256: str = Field(description="Hash over the files, for idempotent registration.")
@@ -57,10 +74,19 @@ class ModelVersion(StrictModel):
     lineage: Lineage
     metrics: dict[str, Any] = Field(default_factory=dict)
     description: str = ""
+    quantization: Quantization | None = Field(
+        None, description="Set on a quantized version: its method and source."
+    )
 
     @property
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
+
+    @property
+    def layout(self) -> str:
+        """The format, and for a quantized version how: 'hf-int8 (int8-dynamic of m:1)'."""
+        q = self.quantization
+        return f"{self.format} ({q.method} of {q.source})" if q else self.format
 
 
 class AliasRecord(StrictModel):

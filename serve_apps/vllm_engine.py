@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from core.generation.loading import fetch
+from core.generation.loading import check_vllm_can_serve, fetch
 from core.generation.sampling import SamplingParams
 from core.registry import ModelRegistry
 from schemas.serving import GeneratorSettings
@@ -90,6 +90,7 @@ class VLLMEngine:
 
     async def load(self, ref: str) -> VLLMModel:
         version = self.registry.get(ref)
+        check_vllm_can_serve(version)
         lora = None
         base = version.ref
         if version.format == "lora":

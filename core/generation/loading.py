@@ -1,7 +1,8 @@
 """A registry version made ready to generate: fetched into a local cache, then built.
 
-A version is a whole Hugging Face model or a LoRA adapter plus its base. The cache is shared
-by every process on a node (the gateway's tokenizers, generator replicas, evaluation jobs).
+A version is a whole Hugging Face model, a LoRA adapter plus its base, or an int8-dynamic
+quantized model (``core.generation.int8``). The cache is shared by every process on a node
+(the gateway's tokenizers, generator replicas, evaluation jobs).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.registry import ModelRegistry
+from schemas.registry import ModelVersion
 
 if TYPE_CHECKING:  # torch is imported by whoever builds a model, not by a fetch
     import torch
@@ -62,7 +64,9 @@ def fetch(registry: ModelRegistry, ref: str) -> Path:
 
 
 def load_version(registry: ModelRegistry, ref: str, dtype: torch.dtype) -> LoadedModel:
-    """Build a registered version: an HF model, or a base with its LoRA adapter merged."""
+    """Build a registered version: an HF model, a base with its LoRA adapter merged, or an
+    int8-dynamic model, which runs in float32 whatever ``dtype`` says (its int8 kernels take
+    float32 activations)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     version = registry.get(ref)
@@ -73,6 +77,10 @@ def load_version(registry: ModelRegistry, ref: str, dtype: torch.dtype) -> Loade
         base = AutoModelForCausalLM.from_pretrained(fetch(registry, version.base), dtype=dtype)
         # Merged once at load: no adapter overhead per token afterwards.
         model = PeftModel.from_pretrained(base, folder).merge_and_unload()
+    elif version.format == "hf-int8":
+        from core.generation.int8 import load_int8
+
+        model = load_int8(folder)
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -83,3 +91,16 @@ def load_version(registry: ModelRegistry, ref: str, dtype: torch.dtype) -> Loade
     return LoadedModel(
         version.ref, model, tokenizer, frozenset(i for i in eos_ids if i is not None), pad
     )
+
+
+def check_vllm_can_serve(version: ModelVersion) -> None:
+    """vLLM loads Hugging Face folders; an int8-dynamic version's int8 weights are laid out for
+    PyTorch's dynamic int8 kernels (CPU), which vLLM neither reads nor has."""
+    if version.format == "hf-int8":
+        q = version.quantization
+        source = q.source if q else "its source"
+        raise ValueError(
+            f"{version.ref} is quantized int8-dynamic, which only the hf engine runs (on CPU): "
+            f"serve it with generator.engine: hf, or for vLLM quantize {source} with "
+            "--method bf16"
+        )

@@ -10,7 +10,8 @@ It is stored at ``<name>/versions/<NNNNNN>/card/README.md``, outside ``files/``:
 changes as evaluations and promotions arrive, while the files and their hash never do.
 :class:`core.registry.versions.ModelRegistry` refreshes it after a registration, an
 evaluation report and an alias move to the version, and ``download`` puts it in the folder.
-The text is written in ``core.registry.card_text``.
+The text is written in ``core.registry.card_text`` (its markdown helpers in
+``core.registry.card_markdown``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from core import storage
-from core.registry.card_text import dig, sections
+from core.registry.card_markdown import dig
+from core.registry.card_text import sections
 from schemas.registry import AuditEntry, ModelVersion
 from schemas.storage import StorageSettings
 
@@ -119,13 +121,17 @@ def front_matter(facts: CardFacts) -> dict[str, Any]:
     base = v.lineage.parent or v.base or v.lineage.base_model
     if base:
         meta["base_model"] = base
+    if v.quantization:  # the Hub's name for a quantized derivative of base_model
+        meta["base_model_relation"] = "quantized"
     datasets = [sid for sid, _, _ in facts.snapshots]
     datasets += [r["feedback_snapshot"] for r in facts.reports if _is_decision_snapshot(r)]
     if datasets:
         meta["datasets"] = list(dict.fromkeys(datasets))
-    meta["library_name"] = "peft" if v.format == "lora" else "transformers"
+    if v.format != "hf-int8":  # its int8 layout loads with Flywheel's loader only
+        meta["library_name"] = "peft" if v.format == "lora" else "transformers"
     meta["pipeline_tag"] = "text-generation"
-    meta["tags"] = ["flywheel", v.format, *(f"alias-{a}" for a in facts.aliases)]
+    quantized = [f"quantized-{v.quantization.method}"] if v.quantization else []
+    meta["tags"] = ["flywheel", v.format, *quantized, *(f"alias-{a}" for a in facts.aliases)]
     index = model_index(facts)
     if index:
         meta["model-index"] = index

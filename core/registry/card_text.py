@@ -2,22 +2,22 @@
 
 Each section is a list of lines built from :class:`core.registry.card.CardFacts`. Strings
 from records are escaped for markdown tables and HTML (a description or a gate reason may
-hold anything), and a fact no record holds reads "not recorded".
+hold anything, ``core.registry.card_markdown``), and a fact no record holds reads "not
+recorded".
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from core.registry.card_markdown import NOT_RECORDED, by_reason, dig, md, num, table
 from schemas.feedback import FeedbackManifest
 from schemas.snapshot import SnapshotManifest
 
 if TYPE_CHECKING:
     from core.registry.card import CardFacts
 
-NOT_RECORDED = "not recorded"
 # (path in a role's scores, what it measures) of the evaluation table.
 SCORES = (
     (("feedback_loss",), "loss on held-out corrections (lower is better)"),
@@ -27,6 +27,13 @@ SCORES = (
     (("qa", "accuracy"), "QA accuracy"),
 )
 HALLUCINATION_KEYS = ("rate", "n", "fabricated", "abstained", "correct")
+QUANTIZED = {
+    "int8-dynamic": "Linear weights int8 with one scale per output channel after smoothing, "
+    "embeddings and the output head as the source stored them; activations are quantized per "
+    "token on the fly and multiplied in int8 by PyTorch's CPU kernels (the hf engine; vLLM "
+    "refuses it).",
+    "bf16": "every weight in bfloat16: a plain Hugging Face folder both engines serve.",
+}
 
 
 def sections(facts: CardFacts) -> list[str]:
@@ -35,7 +42,7 @@ def sections(facts: CardFacts) -> list[str]:
         *_header(facts),
         *_intended_use(facts),
         *_training_data(facts),
-        *_procedure(facts),
+        *(_quantization(facts) if facts.version.quantization else _procedure(facts)),
         *_evaluation(facts),
         *_feedback(facts),
         *_approvals(facts),
@@ -43,55 +50,12 @@ def sections(facts: CardFacts) -> list[str]:
     ]
 
 
-# -- helpers ------------------------------------------------------------------------------------
-
-
-def md(value: Any) -> str:
-    """A record's string, safe in a markdown table cell and free of raw HTML."""
-    text = NOT_RECORDED if value is None else str(value)
-    return (
-        text.replace("&", "&amp;")
-        .replace("<", "&lt;")
-        .replace(">", "&gt;")
-        .replace("|", "\\|")
-        .replace("\n", " ")
-    )
-
-
-def num(value: Any, percent: bool = False) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return md(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if percent:
-        return f"{value:.2%}"
-    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
-
-
-def by_reason(counts: dict[str, int] | None) -> str:
-    if not counts:
-        return "none"
-    return ", ".join(f"{md(k)} {v:,}" for k, v in sorted(counts.items()))
-
-
-def table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return [*lines, *("| " + " | ".join(row) + " |" for row in rows), ""]
-
-
-def dig(scores: Any, path: tuple[str, ...]) -> Any:
-    """``scores[path[0]][path[1]]...``, or None where a level is missing."""
-    for key in path:
-        scores = scores.get(key) if isinstance(scores, dict) else None
-    return scores
-
-
-# -- sections -----------------------------------------------------------------------------------
-
-
 def _header(f: CardFacts) -> list[str]:
     v = f.version
-    kind = f"LoRA adapter on {md(v.base)}" if v.format == "lora" else "Hugging Face model folder"
+    kind = {
+        "lora": f"LoRA adapter on {md(v.base)}",
+        "hf-int8": "Hugging Face model folder, Linear weights int8 (hf engine, CPU)",
+    }.get(v.format, "Hugging Face model folder")
     rows = [
         ["Model", f"{md(v.name)}, version {v.version}"],
         ["Format", kind],
@@ -202,6 +166,39 @@ def _procedure(f: CardFacts) -> list[str]:
     return [*lines, *(f"- **{k}**: {md(v)}" for k, v in items), ""]
 
 
+def _quantization(f: CardFacts) -> list[str]:
+    """What a quantized version has instead of a training procedure: its source and method,
+    its size, and the quality it costs by its latest evaluation against the source."""
+    q, size = f.version.quantization, sum(x.size for x in f.version.files)
+    ratio = size / q.source_bytes if q.source_bytes else float("nan")
+    return [
+        "## Quantization",
+        "",
+        f"Quantized from `{md(q.source)}` with `{md(q.method)}`: {QUANTIZED.get(q.method, '')}",
+        "",
+        f"- **Size on disk**: {size:,} bytes; its source {q.source_bytes:,} ({ratio:.2f}x)",
+        f"- **Quality against the source**: {_quality(f, q.source)}",
+        "",
+    ]
+
+
+def _quality(f: CardFacts, source: str) -> str:
+    """The held-out loss and next-token agreement of the latest evaluation against ``source``."""
+    against = [r for r in f.evaluations if dig(r, ("baseline", "version")) == source]
+    if not against:
+        return f"not measured (evaluate it with `baseline: {md(source)}`)"
+    r = against[-1]
+    delta = r.get("delta") or {}
+    change = delta.get("heldout_loss")
+    loss, base = dig(r, ("candidate", "heldout_loss")), dig(r, ("baseline", "heldout_loss"))
+    return (
+        f"held-out loss {num(loss)} against {num(base)} "
+        f"({f'{change:+.4g}' if isinstance(change, float) else NOT_RECORDED}); the same next "
+        f"token as the source at {num(delta.get('top1_agreement'), percent=True)} of held-out "
+        f"tokens (evaluation of {md(r.get('at'))})"
+    )
+
+
 def _optim(optim: dict[str, Any] | None) -> str | None:
     if not optim:
         return None
@@ -243,9 +240,14 @@ def _evaluation(f: CardFacts) -> list[str]:
 
 
 def _one_evaluation(i: int, r: dict[str, Any]) -> list[str]:
-    cand, prod = r.get("candidate") or {}, r.get("production") or {}
+    cand, prod = r.get("candidate") or {}, r.get("production") or r.get("baseline") or {}
     lines = [f"### Evaluation {i} ({md(r.get('at'))}, by {md(r.get('actor'))})", ""]
-    if prod:
+    if r.get("baseline"):
+        lines.append(
+            f"Candidate {md(cand.get('version'))} against the baseline {md(prod.get('version'))}"
+            " (the parent columns): differences only, no gate."
+        )
+    elif prod:
         gate = r.get("gate") or {}
         verdict = {True: "passed", False: "failed"}.get(gate.get("passed"), NOT_RECORDED)
         lines.append(

@@ -31,7 +31,7 @@ from core.registry import card as model_card
 from core.registry.audit import AuditLog, now
 from core.registry.lineage import walk_snapshot
 from core.storage import Location
-from schemas.registry import AliasRecord, FileRecord, Lineage, ModelVersion
+from schemas.registry import AliasRecord, FileRecord, Lineage, ModelVersion, Quantization
 from schemas.storage import StorageSettings
 
 _MAX_RETRIES = 1000
@@ -143,11 +143,13 @@ class ModelRegistry:
         lineage: Lineage | None = None,
         metrics: dict[str, Any] | None = None,
         description: str = "",
+        quantization: Quantization | None = None,
     ) -> ModelVersion:
         """Register the files of local folder ``source`` as the next version of ``name``.
 
         Registering the same content again (same files, format and base) returns the
-        existing version. A LoRA adapter names its base version, which must exist.
+        existing version. A LoRA adapter names its base version, which must exist; a
+        quantized version records how it was made from its source (``lineage.parent``).
         """
         _check_name(name)
         if format == "lora":
@@ -173,6 +175,7 @@ class ModelRegistry:
             lineage=lineage or Lineage(),
             metrics=metrics or {},
             description=description,
+            quantization=quantization,
         )
         # Recorded before it is visible: a crash between leaves an intent, not a secret change.
         self.audit.append(
@@ -353,7 +356,7 @@ class ModelRegistry:
             return
         seen.add(v.ref)
         code = v.lineage.code_version[:12]
-        detail = f"{v.format}, created {v.created_at} by {v.created_by}, code {code}"
+        detail = f"{v.layout}, created {v.created_at} by {v.created_by}, code {code}"
         nodes.append({"depth": depth, "kind": "version", "id": v.ref, "detail": detail})
         for snap in v.lineage.dataset_snapshots:
             walk_snapshot(snap.uri, snap.snapshot_id, depth + 1, nodes, self.root.s3)
