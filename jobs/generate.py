@@ -30,6 +30,7 @@ from typing import Any
 from core import faults, storage
 from core.config import load_config
 from core.data.readers import plan_splits
+from core.generation.loading import check_vllm_can_serve
 from core.registry import ModelRegistry, parse_ref
 from core.registry.provenance import code_version
 from core.storage import Location
@@ -50,6 +51,11 @@ def run_generate(cfg: GenerateConfig, progress: Progress | None = None) -> dict[
     registry = ModelRegistry(cfg.registry_uri, cfg.storage)
     out = storage.resolve(cfg.output_uri, cfg.storage)
     job = claim_job(cfg, registry, out)
+    if cfg.engine.kind == "vllm":  # before any actor starts: an int8-dynamic version is hf-only
+        try:
+            check_vllm_can_serve(registry.get(job["model"]))
+        except ValueError as e:
+            raise GenerateError(str(e)) from None
     files = storage.list_files(storage.resolve(cfg.input.uri, cfg.storage))
     if not files:
         raise GenerateError(f"{cfg.input.uri}: no input files")
