@@ -111,11 +111,13 @@ class GeneratorSettings(StrictModel):
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
     routing: Literal["auto", "power_of_two", "prefix_affinity"] = Field(
-        "auto",
+        "power_of_two",
         description="How a request picks its replica among those Serve's multiplexing offers: "
         "power_of_two, the less loaded of two (Serve's default); prefix_affinity, the one "
         "that was sent the longest prefix of its prompt (vLLM with prefix caching only: the "
-        "hf engine keeps no KV cache across requests); auto, prefix_affinity where it can hit.",
+        "hf engine keeps no KV cache across requests); auto, prefix_affinity where it can hit. "
+        "Opt-in: test_serve's replica-kill test under it timed out in a full suite run, not "
+        "yet explained.",
     )
     prefix_affinity: PrefixAffinity = Field(default_factory=PrefixAffinity)
 

@@ -208,15 +208,17 @@ def test_other_calls_take_the_default_routing(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_the_deployment_routes_by_prefix_where_it_can_hit() -> None:
-    vllm = GeneratorSettings(engine="vllm", autoscaling={"target_ongoing_requests": 8})
+    vllm = GeneratorSettings(
+        engine="vllm", routing="auto", autoscaling={"target_ongoing_requests": 8}
+    )
     config = generator_deployment(vllm)._deployment_config.request_router_config
     assert config.request_router_class == "serve_apps.prefix_router.PrefixAffinityRouter"
     assert config.request_router_kwargs["max_extra_requests"] == 8  # None: the autoscaling target
     assert issubclass(config.get_request_router_class(), PrefixAffinityRouter.__mro__[1])
     for settings in (
-        GeneratorSettings(engine="hf"),  # no KV cache across requests
-        GeneratorSettings(engine="vllm", vllm={"enable_prefix_caching": False}),
-        GeneratorSettings(engine="vllm", routing="power_of_two"),
+        GeneratorSettings(engine="hf", routing="auto"),  # no KV cache across requests
+        GeneratorSettings(engine="vllm", routing="auto", vllm={"enable_prefix_caching": False}),
+        GeneratorSettings(engine="vllm"),  # the default: Serve's power of two
     ):
         deployment = generator_deployment(settings)
         assert deployment._deployment_config.request_router_config.is_default_request_router()
