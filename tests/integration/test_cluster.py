@@ -324,6 +324,28 @@ def test_ingest_and_train_jobs_register_a_version(cluster: RayCluster, trained: 
         assert info["entrypoint"].startswith("python -m jobs."), info["entrypoint"]
 
 
+def test_generate_job_answers_every_prompt(cluster: RayCluster, trained: dict) -> None:
+    """``jobs.generate`` submitted as a user submits it: the recipe in jobs/configs, on the
+    trained version's alias, its Ray Data actors spread over the two nodes' CPUs."""
+    prompts = cluster.home / "prompts"
+    prompts.mkdir(parents=True, exist_ok=True)
+    rows = [{"prompt": f"The Heron H{i} pairs with"} for i in range(20)]
+    (prompts / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    submit(
+        cluster,
+        "cluster-generate",
+        *("python", "-m", "jobs.generate", "--config", "jobs/configs/generate-demo.yaml"),
+        *("--set", "model=tiny@production", "--set", "engine.kind=hf"),
+        *("--set", "engine.num_cpus=0.5", "--set", "engine.batch_size=8"),
+        *("--set", "sampling.max_tokens=8"),
+    )
+    out = cluster.home / "store" / "generations" / "demo"
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["model"] == "tiny:1" and manifest["rows"] == 20, manifest
+    assert manifest["errors"] == 0 and manifest["duplicates"] == 0
+    assert manifest["completion_tokens"] > 0 and len(manifest["parts"]) >= 3  # batches of 8
+
+
 def serve_config(cluster: RayCluster, port: int) -> Path:
     """``infra/serve.yaml`` with a free loopback port, fractional CPUs, the test's home and an
     API key from the application's environment (as a Secret would give it)."""
