@@ -129,17 +129,16 @@ def claim_job(cfg: GenerateConfig, registry: ModelRegistry, out: Location) -> di
     A rerun that names the model by alias or bare name finishes with the version the first
     run resolved, wherever the alias points now; one naming another version is refused."""
     name, number, _ = parse_ref(cfg.model)
+    settings = {  # what a rerun must share with the first run
+        "sampling": cfg.sampling.model_dump(),
+        "input": cfg.input.model_dump(),
+        "max_prompt_tokens": cfg.max_prompt_tokens,
+    }
     path = out.join("_job.json")
     first = storage.read_json_if_exists(path)
     if first is None:
         version = registry.get(cfg.model)
-        job = {
-            "model": version.ref,
-            "content_sha256": version.content_sha256,
-            "sampling": cfg.sampling.model_dump(),
-            "input": cfg.input.model_dump(),
-            "max_prompt_tokens": cfg.max_prompt_tokens,
-        }
+        job = {"model": version.ref, "content_sha256": version.content_sha256, **settings}
         if storage.create_exclusive(path, json.dumps(job, indent=2, sort_keys=True).encode()):
             return job
         first = storage.read_json(path)  # another run claimed it first: check against that
@@ -148,12 +147,7 @@ def claim_job(cfg: GenerateConfig, registry: ModelRegistry, out: Location) -> di
     )
     if not same_model:
         raise GenerateError(f"{out.uri} holds a run of {first['model']}, not {cfg.model}")
-    mine = {
-        "sampling": cfg.sampling.model_dump(),
-        "input": cfg.input.model_dump(),
-        "max_prompt_tokens": cfg.max_prompt_tokens,
-    }
-    changed = [k for k, v in mine.items() if first.get(k) != v]
+    changed = [k for k, v in settings.items() if first.get(k) != v]
     if changed:
         raise GenerateError(
             f"{out.uri} holds a run with other {', '.join(changed)} settings: resume with "
