@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -60,21 +61,30 @@ ARCH = {
     "max_position_embeddings": 512,
 }
 BLOCK, MICRO, WARMUP = 256, 4, 5  # warmup in micro-batches' worth of steps
-# name: (workers, ZeRO stage, grad accumulation, shared-memory all-reduce); workers 0 = plain.
-ARMS: dict[str, tuple[int, int, int, bool]] = {
-    "plain": (0, 0, 1, False),
-    "plain_accum4": (0, 0, 4, False),
-    "plain_accum8": (0, 0, 8, False),
-    "ray_1w": (1, 2, 1, False),
-    "ray_1w_zero0": (1, 0, 1, False),
-    "ray_2w": (2, 2, 1, False),
-    "ray_2w_zero2_accum4": (2, 2, 4, False),
-    "ray_2w_zero1_accum4": (2, 1, 4, False),
-    "ray_2w_zero0_accum4": (2, 0, 4, False),
-    "ray_2w_zero1_accum8": (2, 1, 8, False),
-    "ray_2w_zero1_accum4_shm": (2, 1, 4, True),
+
+
+class Arm(NamedTuple):
+    workers: int  # 0: the plain loop in this process
+    zero_stage: int = 0
+    accum: int = 1
+    shm_allreduce: bool = False
+
+
+ARMS: dict[str, Arm] = {
+    "plain": Arm(0),
+    "plain_accum4": Arm(0, accum=4),
+    "plain_accum8": Arm(0, accum=8),
+    "ray_1w": Arm(1, 2),
+    "ray_1w_zero0": Arm(1, 0),
+    "ray_2w": Arm(2, 2),
+    "ray_2w_zero2_accum4": Arm(2, 2, 4),
+    "ray_2w_zero1_accum4": Arm(2, 1, 4),
+    "ray_2w_zero0_accum4": Arm(2, 0, 4),
+    "ray_2w_zero1_accum8": Arm(2, 1, 8),
+    "ray_2w_zero1_accum4_shm": Arm(2, 1, 4, shm_allreduce=True),
 }
-DEFAULT_ARMS = [a for a in ARMS if not ARMS[a][3]]  # shm JIT-compiles (~35 s) on first use
+# The shared-memory all-reduce JIT-compiles (~35 s) on first use: asked for by name only.
+DEFAULT_ARMS = [name for name, arm in ARMS.items() if not arm.shm_allreduce]
 
 
 def make_snapshot(work: Path) -> str:
@@ -136,17 +146,17 @@ def plain_arm(snapshot: str, micro_steps: int, accum: int) -> dict:
     }
 
 
-def ray_arm(snapshot: str, work: Path, arm: tuple[int, int, int, bool], micro_steps: int) -> dict:
-    workers, stage, accum, shm = arm
-    steps, warmup = optimizer_steps(micro_steps, accum)
+def ray_arm(snapshot: str, work: Path, arm: Arm, micro_steps: int) -> dict:
+    workers = arm.workers
+    steps, warmup = optimizer_steps(micro_steps, arm.accum)
     cfg = TrainConfig.model_validate(
         {
             "run_name": f"bench-{workers}w-{time.time_ns()}",
             "mode": "pretrain",
             "model": {"architecture": ARCH},
             "data": {"snapshot_uri": snapshot, "micro_batch_size": MICRO},
-            "optim": {"lr": 1e-3, "warmup_steps": 2, "max_steps": steps, "grad_accum": accum},
-            "deepspeed": {"zero_stage": stage, "cpu_shm_allreduce": shm},
+            "optim": {"lr": 1e-3, "warmup_steps": 2, "max_steps": steps, "grad_accum": arm.accum},
+            "deepspeed": {"zero_stage": arm.zero_stage, "cpu_shm_allreduce": arm.shm_allreduce},
             "scaling": {"num_workers": workers, "resources_per_worker": {"CPU": 1}},
             "checkpoint": {"storage_uri": str(work / "ckpt"), "every_steps": 10_000},
             "registry": {"uri": str(work / "registry"), "model_name": f"bench{workers}"},
@@ -174,23 +184,24 @@ def main() -> None:
     plain = plain_arm(snapshot, args.steps, 1)
     arms = {"plain": plain}
     for name in args.arms:
-        workers, _, accum, _ = ARMS[name]
-        if name == "plain":
+        arm = ARMS[name]
+        if name in arms:
             continue
-        if workers == 0:
-            arms[name] = plain_arm(snapshot, args.steps, accum)
+        if arm.workers == 0:
+            arms[name] = plain_arm(snapshot, args.steps, arm.accum)
             continue
         init_ray(None)
-        arms[name] = ray_arm(snapshot, work, ARMS[name], args.steps)
+        arms[name] = ray_arm(snapshot, work, arm, args.steps)
     fpt = flops_per_token(plain["params"], ARCH["num_hidden_layers"], ARCH["hidden_size"], BLOCK)
-    for arm in arms.values():
-        arm["mfu"] = round(arm["tokens_per_s"] / arm["workers"] * fpt / peak, 4)
+    for a in arms.values():
+        a["mfu"] = round(a["tokens_per_s"] / a["workers"] * fpt / peak, 4)
     # Against the plain loop with the same accumulation where it ran (accumulating also
     # spreads the plain loop's optimizer step over more tokens), else the plain loop.
+    plain_by_accum = {ARMS[n].accum: a for n, a in arms.items() if ARMS[n].workers == 0}
     ratios = {}
     for name, a in arms.items():
-        peer = arms.get("plain" if ARMS[name][2] == 1 else f"plain_accum{ARMS[name][2]}", plain)
-        if ARMS[name][0] > 0:
+        if ARMS[name].workers > 0:
+            peer = plain_by_accum.get(ARMS[name].accum, plain)
             ratios[name] = round(a["tokens_per_s"] / a["workers"] / peer["tokens_per_s"], 3)
     result = {
         "benchmark": "train",
